@@ -44,15 +44,6 @@ size_t InputSet::size() const {
 
 namespace {
 
-uint64_t fnv1a(std::string_view s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
 size_t numel_of(const tensor::Shape& shape) { return static_cast<size_t>(tensor::numel(shape)); }
 
 // Elements of one row: the last dimension (1 for scalars).
@@ -267,13 +258,12 @@ class Executor {
   // byte for byte.
   bool copies_bytes(const PlanEntry& e, const std::vector<Source>& sources) const {
     if (e.passthrough_bytes) return true;
-    if (plan_.method != "passthrough" || sources.size() != 1) return false;
+    if (sources.size() != 1 || !method_.copies_input(e)) return false;
     const tensor::TensorView& v = sources[0].view;
     const bool exact_compute = !plan_.compute_dtype ||
                                *plan_.compute_dtype == tensor::DType::kF32 ||
                                *plan_.compute_dtype == v.dtype;
-    return v.dtype == e.out_dtype && v.shape == e.shape && exact_compute &&
-           method_.tensor_param(e, 0, "scale") == 1.0;
+    return v.dtype == e.out_dtype && v.shape == e.shape && exact_compute;
   }
 
   // Copies piece by piece, checking float values and dropping each piece's input pages once
@@ -310,7 +300,7 @@ class Executor {
     for (const auto& s : sources) input_bytes += s.view.nbytes();
     const bool stream = options_.release_input_pages && input_bytes * threads_ > kMappedBudget;
     EntryReader reader(e, sources, plan_.compute_dtype, options_.chunk_elements, stream);
-    auto merger = method_.prepare(MethodInputs{e, reader, options_.seed ^ fnv1a(e.name)});
+    auto merger = method_.prepare(MethodInputs{e, reader, options_.seed});
     const size_t n = reader.numel(), chunk = reader.chunk_elements();
     const size_t out_size = tensor::dtype_size(e.out_dtype);
     scratch.inputs.resize(std::max(scratch.inputs.size(), sources.size()));

@@ -37,7 +37,7 @@ class InputSet {
 struct ExecuteOptions {
   unsigned threads = 0;             // 0: one per core
   bool progress = true;             // progress bar on stderr (also off when --quiet)
-  uint64_t seed = 0;                // random methods get seed ^ hash(tensor name)
+  uint64_t seed = 0;                // --random-seed: random methods key their streams by it
   size_t chunk_elements = 1 << 14;  // fp32 values per input chunk (rounded to whole rows)
   bool release_input_pages = true;  // unmap input pages once used (bounded resident memory)
 };

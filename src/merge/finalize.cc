@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/log.h"
+#include "merge/method.h"
 #include "merge/provenance.h"
 #include "merge/sink.h"
 
@@ -37,31 +38,15 @@ void copy_file_synced(const fs::path& from, const fs::path& to) {
   core::fsync_path(to);
 }
 
-struct MethodCard {
-  const char* method;
-  const char* title;
-  const char* link;
-};
-
-constexpr MethodCard kMethodCards[] = {
-    {"linear", "Linear", "https://arxiv.org/abs/2203.05482"},
-    {"slerp", "SLERP", "https://en.wikipedia.org/wiki/Slerp"},
-    {"task_arithmetic", "Task Arithmetic", "https://arxiv.org/abs/2212.04089"},
-    {"ties", "TIES", "https://arxiv.org/abs/2306.01708"},
-    {"passthrough", "Passthrough", nullptr},
-};
-
-std::string method_phrase(const std::string& method) {
-  for (const auto& c : kMethodCards) {
-    if (method == c.method) {
-      return c.link ? fmt::format("[{}]({})", c.title, c.link) : std::string(c.title);
-    }
-  }
-  return method;
+std::string method_phrase(const merge::MethodInfo& m) {
+  return m.reference.empty() ? m.title : fmt::format("[{}]({})", m.title, m.reference);
 }
 
 std::string model_card(const Plan& plan, const fs::path& dir,
                        const std::vector<ShardDigest>& digests) {
+  const merge::MergeMethod* known = merge::find_method(plan.method);
+  const merge::MethodInfo method = known ? known->info() : merge::MethodInfo{.name = plan.method,
+                                                                              .title = plan.method};
   std::string out = "---\ntags:\n- amalgam\n- merge\nlibrary_name: transformers\n---\n";
   // The staging directory's final name is the output's: strip the staging decoration.
   std::string title = dir.filename().string();
@@ -70,14 +55,13 @@ std::string model_card(const Plan& plan, const fs::path& dir,
       "# {}\n\nThis model is a merge of pre-trained language models made with "
       "amalgam.\n\n## Merge details\n\n### Merge method\n\n",
       title);
-  out += fmt::format("This model was merged using the {} merge method", method_phrase(plan.method));
-  // slerp's base is only the t = 0 end, not a base in the task-vector sense.
-  if (plan.base_model && plan.method != "slerp") {
+  out += fmt::format("This model was merged using the {} merge method", method_phrase(method));
+  if (plan.base_model && method.card_names_base) {
     out += fmt::format(" using `{}` as a base", plan.models[*plan.base_model].string());
   }
   out += ".\n\n### Models merged\n\nThe following models were included in the merge:\n";
   for (size_t m = 0; m < plan.models.size(); ++m) {
-    if (plan.base_model && m == *plan.base_model && plan.method != "slerp") continue;
+    if (plan.base_model && m == *plan.base_model && method.card_names_base) continue;
     out += fmt::format("- `{}`\n", plan.models[m].string());
   }
   out += fmt::format("\nOutput: {} layers, {} weights.\n", plan.num_layers,

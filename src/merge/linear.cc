@@ -28,12 +28,15 @@ class LinearMerger : public ChunkMerger {
 
 class Linear : public MergeMethod {
  public:
-  std::string_view name() const override { return "linear"; }
-  std::vector<ParamSpec> global_params() const override { return {{"normalize", 1.0}}; }
-  std::vector<ParamSpec> tensor_params() const override { return {{"weight", std::nullopt}}; }
-  bool requires_base() const override { return false; }
+  Linear()
+      : MergeMethod({.name = "linear",
+                     .title = "Linear",
+                     .reference = "https://arxiv.org/abs/2203.05482",
+                     .summary = "weighted average of the models (model soups)",
+                     .params = {weight_spec(),
+                                flag_spec("normalize", true, "divide by the sum of the weights")}}) {}
 
-  void check(const PlanEntry& entry) const override {
+  void check_entry(const PlanEntry& entry) const override {
     require_inputs(entry, name(), 1);
     double sum = 0;
     for (size_t i = 0; i < entry.sources.size(); ++i) sum += tensor_param(entry, i, "weight");

@@ -18,14 +18,28 @@ class ScaleMerger : public ChunkMerger {
   float scale_;
 };
 
+ParamSpec scale_spec() {
+  ParamSpec s;
+  s.name = "scale";
+  s.default_value = 1.0;
+  s.help = "factor applied to the copied tensor";
+  return s;
+}
+
 class Passthrough : public MergeMethod {
  public:
-  std::string_view name() const override { return "passthrough"; }
-  std::vector<ParamSpec> global_params() const override { return {}; }
-  std::vector<ParamSpec> tensor_params() const override { return {{"scale", 1.0}}; }
-  bool requires_base() const override { return false; }
+  Passthrough()
+      : MergeMethod({.name = "passthrough",
+                     .title = "Passthrough",
+                     .summary = "copies one model's tensors, optionally scaled (frankenmerges)",
+                     .inputs = 1,
+                     .params = {scale_spec()}}) {}
 
-  void check(const PlanEntry& entry) const override {
+  bool copies_input(const PlanEntry& entry) const override {
+    return tensor_param(entry, 0, "scale") == 1.0;
+  }
+
+  void check_entry(const PlanEntry& entry) const override {
     if (entry.sources.size() != 1) {
       fail("tensor '{}': passthrough takes exactly one input, got {} (use one source per slice)",
            entry.name, entry.sources.size());

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 #include <map>
 
@@ -15,7 +16,13 @@ using Registry = std::map<std::string, std::unique_ptr<MergeMethod>, std::less<>
 const Registry& registry() {
   static const Registry methods = [] {
     Registry r;
-    for (auto make : {make_linear, make_passthrough, make_slerp, make_task_arithmetic, make_ties}) {
+    using Factory = std::unique_ptr<MergeMethod> (*)();
+    constexpr Factory kFactories[] = {
+#define AMALGAM_METHOD(name) make_##name,
+#include "merge/methods.def"
+#undef AMALGAM_METHOD
+    };
+    for (Factory make : kFactories) {
       auto m = make();
       std::string name(m->name());
       r.emplace(std::move(name), std::move(m));
@@ -46,14 +53,104 @@ class WholeTensorReader : public TensorReader {
   size_t cols_;
 };
 
-std::optional<double> find_default(const std::vector<ParamSpec>& specs, std::string_view name) {
-  for (const auto& s : specs) {
-    if (s.name == name) return s.default_value;
+}  // namespace
+
+std::optional<std::string> param_problem(const ParamSpec& spec, double value) {
+  if (!std::isfinite(value)) return fmt::format("'{}' must be a finite number", spec.name);
+  if (spec.kind == ParamKind::kBool && value != 0 && value != 1) {
+    return fmt::format("'{}' is a switch: give true or false (or 1 or 0), not {}", spec.name,
+                       value);
+  }
+  if (spec.kind == ParamKind::kInt && value != std::floor(value)) {
+    return fmt::format("'{}' must be a whole number, not {}", spec.name, value);
+  }
+  if (value < spec.min || value > spec.max) {
+    const std::string lo = std::isinf(spec.min) ? "-inf" : fmt::format("{}", spec.min);
+    const std::string hi = std::isinf(spec.max) ? "inf" : fmt::format("{}", spec.max);
+    return fmt::format("'{}' = {} is out of range: it must lie in [{}, {}]", spec.name, value, lo,
+                       hi);
   }
   return std::nullopt;
 }
 
-}  // namespace
+ParamSpec weight_spec() {
+  ParamSpec s;
+  s.name = "weight";
+  s.searchable = true;
+  s.help = "weight of the model's contribution";
+  return s;
+}
+
+ParamSpec density_spec() {
+  ParamSpec s;
+  s.name = "density";
+  s.default_value = 1.0;
+  s.min = 0;
+  s.max = 1;
+  s.searchable = true;
+  s.help = "fraction of the task vector kept";
+  return s;
+}
+
+ParamSpec flag_spec(std::string name, bool default_value, std::string help) {
+  ParamSpec s;
+  s.name = std::move(name);
+  s.scope = ParamScope::kGlobal;
+  s.kind = ParamKind::kBool;
+  s.default_value = default_value ? 1.0 : 0.0;
+  s.min = 0;
+  s.max = 1;
+  s.help = std::move(help);
+  return s;
+}
+
+ParamSpec real_spec(std::string name, std::optional<double> default_value, double min, double max,
+                    std::string help) {
+  ParamSpec s;
+  s.name = std::move(name);
+  s.scope = ParamScope::kGlobal;
+  s.default_value = default_value;
+  s.min = min;
+  s.max = max;
+  s.help = std::move(help);
+  return s;
+}
+
+std::vector<ParamSpec> MergeMethod::params(ParamScope scope) const {
+  std::vector<ParamSpec> out;
+  for (const auto& p : info_.params) {
+    if (p.scope == scope) out.push_back(p);
+  }
+  return out;
+}
+
+const ParamSpec* MergeMethod::param(std::string_view name) const {
+  for (const auto& p : info_.params) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
+void MergeMethod::check(const PlanEntry& entry) const {
+  auto check_value = [&](const std::string& name, double value, const std::string& where) {
+    const ParamSpec* spec = param(name);
+    if (spec == nullptr) return;  // unknown parameters were warned about when resolving
+    if (auto problem = param_problem(*spec, value)) {
+      fail("tensor '{}'{}: {} parameter {}", entry.name, where, this->name(), *problem);
+    }
+  };
+  for (const auto& [name, value] : entry.global) check_value(name, value, "");
+  for (const auto& s : entry.sources) {
+    for (const auto& [name, value] : s.params) {
+      check_value(name, value, fmt::format(" (input '{}' of model {})", s.tensor, s.model));
+    }
+  }
+  check_entry(entry);
+  if (info_.inputs && entry.sources.size() != *info_.inputs && entry.sources.size() != 1) {
+    fail("tensor '{}': {} takes exactly {} input(s), got {}", entry.name, this->name(),
+         *info_.inputs, entry.sources.size());
+  }
+}
 
 const MergeMethod* find_method(std::string_view name) {
   auto it = registry().find(name);
@@ -109,7 +206,7 @@ double MergeMethod::tensor_param(const PlanEntry& entry, size_t source,
   const Params& p = entry.sources.at(source).params;
   auto it = p.find(std::string(name));
   if (it != p.end()) return it->second;
-  if (auto d = find_default(tensor_params(), name)) return *d;
+  if (const ParamSpec* spec = param(name); spec && spec->default_value) return *spec->default_value;
   fail("tensor '{}': model {} ('{}') has no '{}' parameter, which {} requires", entry.name,
        entry.sources[source].model, entry.sources[source].tensor, name, this->name());
 }
@@ -117,7 +214,7 @@ double MergeMethod::tensor_param(const PlanEntry& entry, size_t source,
 double MergeMethod::global_param(const PlanEntry& entry, std::string_view name) const {
   auto it = entry.global.find(std::string(name));
   if (it != entry.global.end()) return it->second;
-  if (auto d = find_default(global_params(), name)) return *d;
+  if (const ParamSpec* spec = param(name); spec && spec->default_value) return *spec->default_value;
   fail("tensor '{}': parameter '{}' is required by {}", entry.name, name, this->name());
 }
 

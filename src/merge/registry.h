@@ -1,18 +1,28 @@
-// The built-in merge methods. Each lives in its own file and exposes one factory; the registry
-// lists the factories (an explicit list: self-registration is dropped by static linking).
+// The built-in merge methods. Each lives in its own file and exposes one factory, listed once in
+// methods.def (an explicit list: self-registration is dropped by static linking).
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "merge/method.h"
 
 namespace amalgam::merge {
 
-std::unique_ptr<MergeMethod> make_linear();
-std::unique_ptr<MergeMethod> make_passthrough();
-std::unique_ptr<MergeMethod> make_slerp();
-std::unique_ptr<MergeMethod> make_task_arithmetic();
-std::unique_ptr<MergeMethod> make_ties();
+#define AMALGAM_METHOD(name) std::unique_ptr<MergeMethod> make_##name();
+#include "merge/methods.def"
+#undef AMALGAM_METHOD
+
+// Parameter specs shared by several methods.
+// A per-model weight: required, any real value; searched in [0, 1].
+ParamSpec weight_spec();
+// A per-model keep fraction in [0, 1] (default 1: keep everything); searched in [0, 1].
+ParamSpec density_spec();
+// A global on/off switch.
+ParamSpec flag_spec(std::string name, bool default_value, std::string help);
+// A global real parameter.
+ParamSpec real_spec(std::string name, std::optional<double> default_value, double min, double max,
+                    std::string help);
 
 // Shared checks for method implementations.
 // Index into entry.sources of the base model's tensor; throws if the plan has none.

@@ -2,6 +2,7 @@
 // model (t=1); falls back to lerp when the two are nearly colinear (|cos| > 0.9995), as mergekit.
 // The norms and the dot product are whole-tensor statistics: prepare() scans the inputs once.
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "merge/registry.h"
@@ -34,14 +35,27 @@ class CopyMerger : public ChunkMerger {
   }
 };
 
+ParamSpec t_spec() {
+  ParamSpec s = real_spec("t", std::nullopt, -std::numeric_limits<double>::infinity(),
+                          std::numeric_limits<double>::infinity(),
+                          "interpolation position: 0 = the base, 1 = the other model");
+  s.searchable = true;
+  return s;
+}
+
 class Slerp : public MergeMethod {
  public:
-  std::string_view name() const override { return "slerp"; }
-  std::vector<ParamSpec> global_params() const override { return {{"t", std::nullopt}}; }
-  std::vector<ParamSpec> tensor_params() const override { return {}; }
-  bool requires_base() const override { return true; }
+  Slerp()
+      : MergeMethod({.name = "slerp",
+                     .title = "SLERP",
+                     .reference = "https://en.wikipedia.org/wiki/Slerp",
+                     .summary = "spherical interpolation between the base and one other model",
+                     .base = BaseRole::kRequired,
+                     .inputs = 2,
+                     .card_names_base = false,
+                     .params = {t_spec()}}) {}
 
-  void check(const PlanEntry& entry) const override {
+  void check_entry(const PlanEntry& entry) const override {
     if (entry.sources.size() == 1) return;  // a tensor only one model has passes through
     if (entry.sources.size() != 2) {
       fail("tensor '{}': slerp merges exactly two models (the base and one other), got {}",

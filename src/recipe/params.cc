@@ -1,7 +1,6 @@
 #include "recipe/params.h"
 
 #include "core/log.h"
-#include "recipe/method_traits.h"
 
 namespace amalgam::recipe {
 
@@ -61,8 +60,8 @@ ParamResolver::ParamResolver(const Recipe& recipe, const merge::MergeMethod& met
     : recipe_(recipe),
       method_(method),
       models_(models),
-      global_(method.global_params()),
-      tensor_(method.tensor_params()) {
+      global_(method.params(merge::ParamScope::kGlobal)),
+      tensor_(method.params(merge::ParamScope::kTensor)) {
   const std::vector<std::string> known = names_of(global_, tensor_);
   const std::string known_text = known.empty() ? "none" : join(known);
   auto check = [&](const ParamMap& params, const std::string& path, bool per_model) {
@@ -128,7 +127,7 @@ merge::Params ParamResolver::tensor(const NormalSlice& slice, const NormalSource
       out[spec.name] = *found.value;
     } else if (spec.default_value) {
       out[spec.name] = *spec.default_value;
-    } else if (is_base && base_has_own_role(method_)) {
+    } else if (is_base && method_.info().base != merge::BaseRole::kInput) {
       continue;  // e.g. the base's weight in task arithmetic is never used
     } else if (is_base) {
       fail_at(recipe_.where, source.at,

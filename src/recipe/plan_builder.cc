@@ -6,7 +6,6 @@
 #include "core/fs.h"
 #include "core/log.h"
 #include "merge/method.h"
-#include "recipe/method_traits.h"
 #include "recipe/model_set.h"
 #include "recipe/params.h"
 #include "recipe/recipe.h"
@@ -105,7 +104,7 @@ void PlanBuilder::check_shapes(const arch::WeightSpec& out, std::vector<Input>& 
     all_2d = all_2d && x.info->shape.size() == 2;
   }
   if (all_same) return;
-  const bool to_base = crops_to_base(method_->name());
+  const bool to_base = method_->info().embed == merge::EmbedRule::kCropToBase;
   if (out.is_embed && all_2d) {
     if (to_base) {
       for (const auto& x : inputs) {

@@ -2,7 +2,6 @@
 
 #include <set>
 
-#include "recipe/method_traits.h"
 
 namespace amalgam::recipe {
 
@@ -102,7 +101,7 @@ void check_method_inputs(const Recipe& recipe, const ModelSet& models, const Nor
               slice.path, models[*slice.base].name, name);
     }
   }
-  const auto count = fixed_input_count(name);
+  const auto count = method.info().inputs;
   if (!count || slice.sources.size() == *count) return;
   if (*count == 1) {
     fail_at(recipe.where, slice.at,
@@ -127,9 +126,9 @@ std::vector<NormalSlice> normalize_slices(const Recipe& recipe, const ModelSet& 
       recipe.models.empty() ? from_slices(recipe, models, base) : from_models(recipe, models, base);
   for (const auto& slice : slices) {
     check_method_inputs(recipe, models, slice, method);
-    if (method.name() == "slerp" && slice.sources[0].model == slice.sources[1].model) {
-      fail_at(recipe.where, slice.at,
-              "{}: slerp needs two different models (the base and one other)", slice.path);
+    if (method.info().inputs == 2 && slice.sources[0].model == slice.sources[1].model) {
+      fail_at(recipe.where, slice.at, "{}: {} needs two different models (the base and one other)",
+              slice.path, method.name());
     }
   }
   return slices;
