@@ -234,8 +234,10 @@ struct RefOutput {
   std::vector<std::vector<double>> hidden;  // (L + 1, D) for the last token
 };
 
-// One sequence at positions 0..n-1.
-inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids) {
+// One sequence at positions 0..n-1. stream_scales (per layer, optional) multiply the residual
+// stream entering each layer, as a data-flow merge's path does.
+inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
+                             const std::vector<double>& stream_scales = {}) {
   const TinySpec& s = m.spec;
   const int64_t n = static_cast<int64_t>(ids.size());
   const int64_t D = s.D, qd = s.H * s.d, kvd = s.Hkv * s.d;
@@ -245,6 +247,11 @@ inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids)
   RefOutput out;
   for (int64_t l = 0; l < s.L; ++l) {
     const RefLayer& r = m.layers[l];
+    if (!stream_scales.empty()) {
+      for (auto& row : x) {
+        for (double& v : row) v *= stream_scales[l];
+      }
+    }
     out.hidden.push_back(x[n - 1]);
     const bool slides = s.window > 0 && (s.arch != "qwen2" || l >= s.max_window_layers);
     std::vector<std::vector<double>> q(n), k(n), v(n);

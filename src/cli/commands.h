@@ -11,6 +11,7 @@ void register_tokenize(CLI::App& app);
 void register_average(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_soup(CLI::App& app);
+void register_evolve(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_perplexity(CLI::App& app);

@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
   amalgam::cli::register_average(app);
   amalgam::cli::register_eval(app);
   amalgam::cli::register_soup(app);
+  amalgam::cli::register_evolve(app);
+
   amalgam::cli::register_generate(app);
   amalgam::cli::register_logits(app);
   amalgam::cli::register_perplexity(app);

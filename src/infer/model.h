@@ -59,6 +59,8 @@ class Model {
   const io::ModelConfig& config() const { return config_; }
   const ArchInfo& arch() const { return *arch_; }
   const ModelWeights& weights() const { return weights_; }
+  // The tensors the model was built from, by checkpoint name.
+  const WeightMap& tensor_views() const { return views_; }
   const Rope& rope() const { return rope_; }
   int64_t vocab_size() const { return weights_.lm_head.rows; }
   int64_t hidden_size() const { return config_.hidden_size; }

@@ -21,14 +21,28 @@ namespace amalgam::merge {
 
 namespace fs = std::filesystem;
 
-const io::Checkpoint& InputSet::open(const fs::path& path) {
+namespace {
+fs::path canonical_key(const fs::path& path) {
   std::error_code ec;
   fs::path key = fs::weakly_canonical(path, ec);
-  if (ec) key = fs::absolute(path);
+  return ec ? fs::absolute(path) : key;
+}
+}  // namespace
+
+std::shared_ptr<const io::Checkpoint> InputSet::share(const fs::path& path) {
+  const fs::path key = canonical_key(path);
   std::lock_guard lock(mutex_);
   auto it = open_.find(key);
-  if (it == open_.end()) it = open_.emplace(key, std::make_unique<io::Checkpoint>(path)).first;
-  return *it->second;
+  if (it == open_.end()) it = open_.emplace(key, std::make_shared<io::Checkpoint>(path)).first;
+  return it->second;
+}
+
+io::ModelConfig InputSet::config(const fs::path& dir) {
+  const fs::path key = canonical_key(dir);
+  std::lock_guard lock(mutex_);
+  auto it = configs_.find(key);
+  if (it == configs_.end()) it = configs_.emplace(key, io::read_model_config(dir)).first;
+  return it->second;
 }
 
 std::vector<const io::Checkpoint*> InputSet::open_all(const Plan& plan) {

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <vector>
 
+#include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "merge/plan.h"
 #include "merge/sink.h"
@@ -24,14 +25,18 @@ namespace amalgam::merge {
 class InputSet {
  public:
   // The checkpoint at `path`, opened on first use.
-  const io::Checkpoint& open(const std::filesystem::path& path);
+  const io::Checkpoint& open(const std::filesystem::path& path) { return *share(path); }
+  std::shared_ptr<const io::Checkpoint> share(const std::filesystem::path& path);
+  // config.json of a model directory, parsed on first use.
+  io::ModelConfig config(const std::filesystem::path& dir);
   // The checkpoints of plan.models, in that order.
   std::vector<const io::Checkpoint*> open_all(const Plan& plan);
   size_t size() const;
 
  private:
   mutable std::mutex mutex_;
-  std::map<std::filesystem::path, std::unique_ptr<io::Checkpoint>> open_;
+  std::map<std::filesystem::path, std::shared_ptr<const io::Checkpoint>> open_;
+  std::map<std::filesystem::path, io::ModelConfig> configs_;
 };
 
 struct ExecuteOptions {

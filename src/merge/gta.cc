@@ -208,7 +208,6 @@ class GeneralizedTaskArithmetic : public MergeMethod {
     const size_t base = *e.base;
     if (e.sources.size() == 1) return std::make_unique<CopyBase>(base);
     const TensorReader& reader = in.reader;
-    const size_t n = reader.numel();
     const bool rescale = global_flag(e, "rescale");
 
     std::vector<ModelSettings> models;

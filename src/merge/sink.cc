@@ -21,11 +21,11 @@ void CheckpointSink::write(size_t index, uint64_t offset, const uint8_t* bytes, 
 void CheckpointSink::finish() { writer_->finish(); }
 
 void MemorySink::begin(const std::vector<io::OutputTensorSpec>& outputs) {
-  std::set<std::string> names;
-  for (const auto& o : outputs) names.insert(o.name);
-  // Drop tensors this plan does not produce; keep (and reuse) the buffers of those it does.
-  for (auto it = tensors_.begin(); it != tensors_.end();) {
-    it = names.count(it->first) ? std::next(it) : tensors_.erase(it);
+  if (!keep_unlisted_) {
+    // Drop tensors this plan does not produce; keep (and reuse) the buffers of those it does.
+    std::set<std::string> names;
+    for (const auto& o : outputs) names.insert(o.name);
+    retain(names);
   }
   by_index_.clear();
   for (const auto& o : outputs) {
@@ -42,6 +42,12 @@ void MemorySink::write(size_t index, uint64_t offset, const uint8_t* bytes, size
   AMALGAM_CHECK(offset <= t.bytes.size() && size <= t.bytes.size() - offset,
                 "internal: write outside an in-memory tensor");
   std::memcpy(t.bytes.data() + offset, bytes, size);
+}
+
+void MemorySink::retain(const std::set<std::string>& names) {
+  for (auto it = tensors_.begin(); it != tensors_.end();) {
+    it = names.count(it->first) ? std::next(it) : tensors_.erase(it);
+  }
 }
 
 std::map<std::string, tensor::TensorView> MemorySink::views() const {

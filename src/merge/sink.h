@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,9 @@ struct MemoryTensor {
 // reuses the buffers (evolutionary search merges thousands of candidates this way).
 class MemorySink : public TensorSink {
  public:
+  // keep_unlisted: begin() keeps the tensors a plan does not produce (a resident model updated by
+  // plans of the tensors that changed); otherwise they are dropped.
+  explicit MemorySink(bool keep_unlisted = false) : keep_unlisted_(keep_unlisted) {}
   void begin(const std::vector<io::OutputTensorSpec>& outputs) override;
   void write(size_t index, uint64_t offset, const uint8_t* bytes, size_t size) override;
   void finish() override {}
@@ -60,8 +64,11 @@ class MemorySink : public TensorSink {
   // name -> view into this sink's buffers (valid until the next begin()).
   std::map<std::string, tensor::TensorView> views() const;
   const MemoryTensor& at(const std::string& name) const;
+  // Drops every tensor whose name is not in `names`.
+  void retain(const std::set<std::string>& names);
 
  private:
+  bool keep_unlisted_ = false;
   std::map<std::string, MemoryTensor> tensors_;
   std::vector<MemoryTensor*> by_index_;
 };

@@ -71,7 +71,8 @@ void ModelSet::open(const ModelRef& ref) {
   m.name = ref.path;
   m.at = ref.at;
   try {
-    m.checkpoint = std::make_unique<io::Checkpoint>(path);
+    m.checkpoint = options_.inputs ? options_.inputs->share(path)
+                                   : std::make_shared<const io::Checkpoint>(path);
   } catch (const Error& e) {
     const bool has_bin =
         fs::exists(path / "pytorch_model.bin") || fs::exists(path / "pytorch_model.bin.index.json");
@@ -80,7 +81,8 @@ void ModelSet::open(const ModelRef& ref) {
         has_bin ? " (pytorch_model.bin checkpoints are not read: convert it to safetensors)" : "");
   }
   try {
-    m.config = io::read_model_config(m.checkpoint->directory());
+    m.config = options_.inputs ? options_.inputs->config(m.checkpoint->directory())
+                               : io::read_model_config(m.checkpoint->directory());
   } catch (const Error& e) {
     fail_at(where, ref.at, "model '{}': {}", ref.path, e.what());
   }

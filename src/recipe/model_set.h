@@ -20,7 +20,7 @@ struct InputModel {
   std::filesystem::path path;  // absolute, normalised
   std::string name;            // as the recipe spells it, for messages
   Location at;                 // its first mention in the recipe
-  std::unique_ptr<io::Checkpoint> checkpoint;
+  std::shared_ptr<const io::Checkpoint> checkpoint;
   io::ModelConfig config;
   std::string architecture;  // config architectures[0], or override_architecture
   int64_t num_layers = 0;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "merge/executor.h"
 #include "merge/plan.h"
 #include "recipe/schema.h"
 
@@ -15,6 +16,9 @@ struct PlanOptions {
   // Relative model paths in a recipe resolve against this directory (default: the current one).
   std::filesystem::path base_dir = ".";
   bool allow_crimes = false;  // allow mixing architectures
+  // Checkpoints and configs already opened (recipe search builds many plans over the same
+  // models); nullptr: each plan opens its own.
+  merge::InputSet* inputs = nullptr;
 };
 
 // Parses YAML text (`where` names it in errors), validates and resolves it into a Plan.

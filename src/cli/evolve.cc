@@ -1,0 +1,60 @@
+// amalgam evolve CONFIG.yaml -o RUN_DIR [--resume] [--threads N]: evolutionary recipe search
+// (parameter space, data-flow space, or both), candidates merged and scored in memory; under
+// mpirun every rank evaluates a share of each generation.
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "cli/model_args.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "evolve/comm.h"
+#include "evolve/config.h"
+#include "evolve/search.h"
+#include "infer/thread_pool.h"
+
+namespace amalgam::cli {
+
+namespace {
+
+struct EvolveArgs {
+  std::string config;
+  std::string out;
+  bool resume = false;
+  int threads = 0;
+  bool no_best = false;
+};
+
+void run_evolve(const EvolveArgs& args) {
+  if (args.out.empty()) fail("no run directory: add -o RUN_DIR");
+  const evolve::EvolveConfig config = evolve::load_config(args.config);
+  apply_threads(args.threads);
+  auto comm = evolve::make_comm(nullptr, nullptr);
+  evolve::SearchOptions options;
+  options.run_dir = args.out;
+  options.resume = args.resume;
+  options.merge_threads = static_cast<unsigned>(args.threads);
+  options.write_best = !args.no_best;
+  const evolve::SearchResult r = evolve::run_search(config, options, *comm);
+  if (comm->rank() != 0) return;
+  std::fputs(evolve::summary_table(r).c_str(), stdout);
+  core::info("{} evaluations in {:.1f} s ({:.1f}/min; merging {:.0f}% of the time); best recipe: {}",
+             r.evaluations, r.seconds, r.seconds > 0 ? 60.0 * r.evaluations / r.seconds : 0.0,
+             r.seconds > 0 ? 100.0 * r.merge_seconds / r.seconds : 0.0,
+             (std::filesystem::path(args.out) / "best.yaml").string());
+}
+
+}  // namespace
+
+void register_evolve(CLI::App& app) {
+  auto args = std::make_shared<EvolveArgs>();
+  auto* cmd = app.add_subcommand("evolve", "Evolutionary search for a merge recipe");
+  cmd->add_option("config", args->config, "Search config (YAML, docs/evolve.md)")->required();
+  cmd->add_option("-o,--out", args->out, "Run directory (log, best recipe, curves, state)");
+  cmd->add_flag("--resume", args->resume, "Continue the search saved in the run directory");
+  add_threads_option(cmd, args->threads);
+  cmd->add_flag("--no-best-model", args->no_best,
+                "Do not merge the best recipe into RUN_DIR/best at the end");
+  cmd->callback([args] { run_evolve(*args); });
+}
+
+}  // namespace amalgam::cli

@@ -1,0 +1,195 @@
+// Recipe search: config errors, genome -> recipe -> plan round trip, the data-flow scale identity
+// against an fp64 forward that scales the residual stream, the resident model's reuse and
+// aliasing, and whole searches through the CLI (resume equals an uninterrupted run; 2 MPI ranks
+// equal 1).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "evolve/config.h"
+#include "evolve/genome.h"
+#include "evolve/resident.h"
+#include "infer/batch.h"
+#include "infer_reference.h"
+#include "merge/executor.h"
+#include "merge/sink.h"
+#include "recipe/recipe.h"
+#include "test_util.h"
+
+namespace amalgam {
+namespace {
+
+using testing::TempDir;
+using testing::zoo;
+namespace fs = std::filesystem;
+
+void expect_error(const std::function<void()>& f, const std::string& part) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+std::string zoo_config(const std::string& extra) {
+  return fmt::format(
+      "base_model: {}\nmodels: [{}, {}]\ntasks:\n  - {{file: {}, limit: 4}}\n{}",
+      zoo("base").string(), zoo("rev-expert").string(), zoo("sort-expert").string(),
+      zoo("eval/rev.json").string(), extra);
+}
+
+TEST(EvolveConfig, UnknownKeysAndBadValuesAreNamed) {
+  expect_error([] { evolve::parse_config(zoo_config("layer_group: 2\n"), "run.yaml"); },
+               "did you mean 'layer_groups'");
+  expect_error([] { evolve::parse_config(zoo_config("method: dare\n"), "run.yaml"); },
+               "cannot be searched");
+  expect_error([] { evolve::parse_config(zoo_config("search: both\n"), "run.yaml"); },
+               "ps, dfs or ps+dfs");
+  expect_error([] { evolve::parse_config(zoo_config("parameters: {lambda: x}\n"), "run.yaml"); },
+               "must be a number");
+  const auto c = evolve::parse_config(zoo_config("layer_groups: 2\nbudget: {evaluations: 7}\n"),
+                                      "run.yaml");
+  EXPECT_EQ(c.method, "dare_ties");
+  EXPECT_EQ(c.max_evaluations, 7);
+  EXPECT_EQ(*c.layer_groups, 2);
+}
+
+evolve::SearchModel search_model(const std::string& name) {
+  return {zoo(name), 4, name};
+}
+
+TEST(Genome, ParameterSpaceRecipeRoundTripsThroughThePlan) {
+  const auto c = evolve::parse_config(
+      zoo_config("method: ties\nlayer_groups: 2\nfilters: [self_attn, mlp]\n"), "run.yaml");
+  evolve::PsGenome genome(c, {search_model("rev-expert"), search_model("sort-expert")});
+  // 2 groups x 2 models x 3 filter sets x (weight, density).
+  ASSERT_EQ(genome.size(), 24u);
+  std::vector<double> unit(genome.size());
+  for (size_t i = 0; i < unit.size(); ++i) unit[i] = 0.03 + 0.04 * static_cast<double>(i);
+  const std::vector<double> v = genome.values(unit);
+  const merge::Plan plan = recipe::plan_from_yaml(genome.recipe(unit), "candidate", {});
+  auto gene = [&](size_t g, size_t m, size_t f, size_t p) { return v[((g * 2 + m) * 3 + f) * 2 + p]; };
+  size_t checked = 0;
+  for (const auto& e : plan.entries) {
+    const size_t layer = e.name.find("layers.") == std::string::npos
+                             ? (e.name.find("embed") != std::string::npos ? 0 : 3)
+                             : std::stoul(e.name.substr(e.name.find("layers.") + 7));
+    const size_t g = layer / 2;
+    const size_t f = e.name.find("self_attn") != std::string::npos ? 0
+                     : e.name.find("mlp") != std::string::npos     ? 1
+                                                                   : 2;
+    for (size_t s = 0; s < e.sources.size(); ++s) {
+      if (e.base && s == *e.base) continue;
+      const size_t m = plan.models[e.sources[s].model] == fs::absolute(zoo("rev-expert")) ? 0 : 1;
+      EXPECT_NEAR(e.sources[s].params.at("weight"), gene(g, m, f, 0), 1e-6) << e.name;
+      EXPECT_NEAR(e.sources[s].params.at("density"), gene(g, m, f, 1), 1e-6) << e.name;
+      ++checked;
+    }
+    EXPECT_EQ(e.global.at("normalize"), 1.0);  // as mergekit-evolve writes ties recipes
+  }
+  EXPECT_EQ(checked, 2 * plan.entries.size());
+}
+
+// A path through the layers of two tiny fp32 models with stream scales: merged as the
+// passthrough recipe the genome writes, it computes what a forward pass that multiplies the
+// residual stream before each hop computes (up to RMSNorm's epsilon).
+TEST(Genome, DataFlowPathEqualsScaledResidualStream) {
+  TempDir dir;
+  testing::TinySpec spec;
+  spec.dtype = tensor::DType::kF32;
+  spec.L = 3;
+  spec.seed = 5;
+  const testing::RefModel a = testing::write_tiny_model(dir / "a", spec);
+  spec.seed = 6;
+  const testing::RefModel b = testing::write_tiny_model(dir / "b", spec);
+
+  evolve::EvolveConfig c;
+  c.dfs.repeats = 2;
+  c.dfs.scales = true;
+  evolve::DfsGenome genome(c, {{dir / "a", 3, "a"}, {dir / "b", 3, "b"}});
+  const std::vector<evolve::Hop> path = {{0, 0, 1.0}, {1, 1, 0.6}, {0, 1, 1.7}, {1, 1, 0.9},
+                                         {0, 2, 1.25}};
+  const merge::Plan plan = recipe::plan_from_yaml(genome.recipe_of(path), "path", {});
+  merge::InputSet inputs;
+  evolve::ResidentModel resident(inputs, 1, 0);
+  const auto model = resident.update(plan);
+  EXPECT_EQ(model->num_layers(), 5);
+
+  testing::RefModel ref = a;
+  ref.spec.L = 5;
+  ref.layers.clear();
+  std::vector<double> scales;
+  for (const auto& hop : path) {
+    ref.layers.push_back((hop.model == 0 ? a : b).layers[hop.layer]);
+    scales.push_back(hop.scale);
+  }
+  const std::vector<int32_t> ids = {3, 17, 99, 4, 64, 1, 120};
+  const testing::RefOutput want = testing::ref_forward(ref, ids, scales);
+  infer::Batch batch;
+  for (size_t t = 0; t < ids.size(); ++t) batch.add(ids[t], static_cast<int32_t>(t), 0, true);
+  auto cache = model->new_cache();
+  const infer::ForwardResult got = model->forward(batch, cache);
+  double worst = 0, scale = 0;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    for (int64_t v = 0; v < spec.V; ++v) {
+      worst = std::max(worst, std::fabs(got.row(t)[v] - want.logits[t][v]));
+      scale = std::max(scale, std::fabs(want.logits[t][v]));
+    }
+  }
+  EXPECT_LT(worst, 2e-4 * scale) << "max |logit difference| " << worst << " of " << scale;
+  // Without the scales the logits are clearly different: the test can fail.
+  const testing::RefOutput plain = testing::ref_forward(ref, ids);
+  double diff = 0;
+  for (int64_t v = 0; v < spec.V; ++v) diff = std::max(diff, std::fabs(plain.logits[6][v] - want.logits[6][v]));
+  EXPECT_GT(diff, 100 * worst);
+}
+
+TEST(Resident, ReusesUnchangedTensorsAndAliasesCopies) {
+  merge::InputSet inputs;
+  recipe::PlanOptions options;
+  options.inputs = &inputs;
+  auto ta = [&](double w) {
+    return recipe::plan_from_yaml(
+        fmt::format("merge_method: task_arithmetic\nbase_model: {}\nmodels:\n  - model: {}\n    "
+                    "parameters: {{weight: {}}}\n",
+                    zoo("base").string(), zoo("rev-expert").string(), w),
+        "ta", options);
+  };
+  evolve::ResidentModel resident(inputs, 1, 0);
+  const merge::Plan first = ta(0.5);
+  resident.update(first);
+  EXPECT_EQ(resident.last().computed, first.entries.size());
+  resident.update(first);
+  EXPECT_EQ(resident.last().computed, 0u);
+  EXPECT_EQ(resident.last().reused, first.entries.size());
+  // Another weight: everything is recomputed, and equals a fresh merge.
+  const merge::Plan second = ta(0.8);
+  const auto model = resident.update(second);
+  EXPECT_EQ(resident.last().computed, second.entries.size());
+  merge::MemorySink fresh;
+  merge::ExecuteOptions eo;
+  eo.progress = false;
+  merge::execute(second, inputs, fresh, eo);
+  for (const auto& [name, t] : fresh.tensors()) {
+    const tensor::TensorView v = model->tensor_views().at(name);
+    ASSERT_EQ(std::memcmp(v.data, t.bytes.data(), t.bytes.size()), 0) << name;
+  }
+  // A plain layer path: every tensor aliases the input mapping.
+  evolve::EvolveConfig c;
+  c.dfs.scales = false;
+  evolve::DfsGenome genome(c, {{zoo("rev-expert"), 4, "rev"}, {zoo("sort-expert"), 4, "sort"}});
+  const merge::Plan path = recipe::plan_from_yaml(
+      genome.recipe_of({{0, 0, 1}, {1, 1, 1}, {1, 2, 1}, {0, 3, 1}}), "path", options);
+  resident.update(path);
+  EXPECT_EQ(resident.last().aliased, path.entries.size());
+  EXPECT_EQ(resident.last().computed, 0u);
+  EXPECT_EQ(inputs.size(), 3u);  // every checkpoint opened once
+}
+
+}  // namespace
+}  // namespace amalgam
