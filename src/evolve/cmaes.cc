@@ -4,7 +4,6 @@
 #include "evolve/cmaes.h"
 
 #include <Eigen/Eigenvalues>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -85,7 +84,7 @@ double portable_log(double x) {
   if (x == 0) return -kInf;
   if (std::isinf(x)) return kInf;
   int e = 0;
-  double m = std::frexp(x, &e);  // x = m 2^e, m in [0.5, 1); exact
+  double m = std::frexp(x, &e);    // x = m 2^e, m in [0.5, 1); exact
   if (m < 0x1.6a09e667f3bcdp-1) {  // sqrt(1/2): keep m in [sqrt(1/2), sqrt(2))
     m *= 2;
     --e;
@@ -165,12 +164,18 @@ CmaEsParameters cmaes_parameters(int64_t dimension, int64_t lambda, CovarianceMo
 
 const char* stop_reason_name(StopReason reason) {
   switch (reason) {
-    case StopReason::kNone: return "none";
-    case StopReason::kMaxGenerations: return "max_generations";
-    case StopReason::kMaxEvaluations: return "max_evaluations";
-    case StopReason::kTolFun: return "tolfun";
-    case StopReason::kTolX: return "tolx";
-    case StopReason::kCondition: return "condition";
+    case StopReason::kNone:
+      return "none";
+    case StopReason::kMaxGenerations:
+      return "max_generations";
+    case StopReason::kMaxEvaluations:
+      return "max_evaluations";
+    case StopReason::kTolFun:
+      return "tolfun";
+    case StopReason::kTolX:
+      return "tolx";
+    case StopReason::kCondition:
+      return "condition";
   }
   return "unknown";
 }
@@ -202,8 +207,8 @@ CmaEs::CmaEs(const CmaEsOptions& options) : options_(options) {
     for (size_t i = 0; i < n; ++i) {
       AMALGAM_CHECK(std::isfinite(mean_[i]), "CMA-ES: x0[{}] is not finite", i);
       AMALGAM_CHECK(!bounded || (lower_[i] <= mean_[i] && mean_[i] <= upper_[i]),
-                    "CMA-ES: x0[{}] = {} lies outside its bounds [{}, {}]", i, mean_[i],
-                    lower_[i], upper_[i]);
+                    "CMA-ES: x0[{}] = {} lies outside its bounds [{}, {}]", i, mean_[i], lower_[i],
+                    upper_[i]);
     }
   }
   std::vector<double> scale(n, 1.0);
@@ -301,8 +306,8 @@ void CmaEs::tell(std::span<const double> fitness) {
   const size_t n = mean_.size();
   const size_t lambda = static_cast<size_t>(params_.lambda);
   const size_t mu = static_cast<size_t>(params_.mu);
-  AMALGAM_CHECK(fitness.size() == lambda,
-                "CMA-ES tell: {} fitness values for a population of {}", fitness.size(), lambda);
+  AMALGAM_CHECK(fitness.size() == lambda, "CMA-ES tell: {} fitness values for a population of {}",
+                fitness.size(), lambda);
   for (size_t k = 0; k < lambda; ++k) {
     AMALGAM_CHECK(!std::isnan(fitness[k]) && fitness[k] != -kInf,
                   "CMA-ES tell: the fitness of candidate {} is {} (NaN and -inf are refused)", k,

@@ -21,10 +21,9 @@
 // and tell() and the restored optimiser asks the same population again.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <array>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <utility>
@@ -65,17 +64,17 @@ struct CmaEsOptions {
 struct CmaEsParameters {
   int64_t dimension = 0;
   int64_t lambda = 0;
-  int64_t mu = 0;                // floor(lambda / 2) parents
-  std::vector<double> weights;   // w_i ~ ln((lambda + 1) / 2) - ln i, i = 1..mu, sum 1
-  double mueff = 0;              // 1 / sum w_i^2
-  double cc = 0;                 // (4 + mueff/n) / (n + 4 + 2 mueff/n)
-  double cs = 0;                 // (mueff + 2) / (n + mueff + 5)
-  double c1 = 0;                 // full: 2 / ((n + 1.3)^2 + mueff)
-  double cmu = 0;                // full: min(1 - c1, 2 (mueff - 2 + 1/mueff) / ((n + 2)^2 + mueff))
-  double damps = 0;              // 1 + 2 max(0, sqrt((mueff - 1) / (n + 1)) - 1) + cs
-  double chi_n = 0;              // E||N(0, I)|| ~ sqrt(n) (1 - 1/(4n) + 1/(21 n^2))
-  double eigen_interval = 0;     // full: decompose when generations since the last one exceed this
-  int64_t history_length = 0;    // tolfun window: 10 + ceil(30 n / lambda) generations
+  int64_t mu = 0;               // floor(lambda / 2) parents
+  std::vector<double> weights;  // w_i ~ ln((lambda + 1) / 2) - ln i, i = 1..mu, sum 1
+  double mueff = 0;             // 1 / sum w_i^2
+  double cc = 0;                // (4 + mueff/n) / (n + 4 + 2 mueff/n)
+  double cs = 0;                // (mueff + 2) / (n + mueff + 5)
+  double c1 = 0;                // full: 2 / ((n + 1.3)^2 + mueff)
+  double cmu = 0;               // full: min(1 - c1, 2 (mueff - 2 + 1/mueff) / ((n + 2)^2 + mueff))
+  double damps = 0;             // 1 + 2 max(0, sqrt((mueff - 1) / (n + 1)) - 1) + cs
+  double chi_n = 0;             // E||N(0, I)|| ~ sqrt(n) (1 - 1/(4n) + 1/(21 n^2))
+  double eigen_interval = 0;    // full: decompose when generations since the last one exceed this
+  int64_t history_length = 0;   // tolfun window: 10 + ceil(30 n / lambda) generations
   bool separable = false;
 };
 
@@ -87,14 +86,14 @@ struct CmaEsParameters {
 CmaEsParameters cmaes_parameters(int64_t dimension, int64_t lambda, CovarianceMode covariance);
 
 struct StopCriteria {
-  int64_t max_generations = 0;   // 0: no limit
-  int64_t max_evaluations = 0;   // 0: no limit
+  int64_t max_generations = 0;  // 0: no limit
+  int64_t max_evaluations = 0;  // 0: no limit
   // Range of the best fitness over the last history_length generations and of all fitness
   // values of the last generation below this (checked only once the window is full).
   double tolfun = 1e-12;
   // sigma * sqrt(C_ii) and sigma * |pc_i| below this for every i.
   double tolx = 1e-12;
-  double max_condition = 1e14;   // condition number of C
+  double max_condition = 1e14;  // condition number of C
 };
 
 enum class StopReason { kNone, kMaxGenerations, kMaxEvaluations, kTolFun, kTolX, kCondition };
@@ -106,8 +105,9 @@ class CmaEs {
 
   // The current generation's lambda candidates, each inside the box. Idempotent until tell().
   const std::vector<std::vector<double>>& ask();
-  // Fitness of each candidate of ask(), in order; lower is better. NaN is refused; +inf ranks
-  // last. Calls ask() first if it was not called in this generation (e.g. after from_json).
+  // Fitness of each candidate of ask(), in order; lower is better. NaN and -inf are refused;
+  // +inf (an invalid candidate) ranks last. Calls ask() first if it was not called in this
+  // generation (e.g. after from_json).
   //
   // Bounds: the update uses the repaired (clipped) points, Hansen's recommendation for repair
   // ("Injecting external solutions into CMA-ES", 2011): the point that was evaluated is the point
@@ -157,9 +157,9 @@ class CmaEs {
   std::vector<double> mean_;
   double sigma_ = 0;
   std::vector<double> ps_, pc_;
-  std::vector<double> c_;      // full: n x n row-major (kept exactly symmetric); separable: n
-  std::vector<double> b_;      // full: eigenvectors, row-major, column j = eigenvector j
-  std::vector<double> d_;      // sqrt of the eigenvalues (separable: sqrt(C_ii))
+  std::vector<double> c_;  // full: n x n row-major (kept exactly symmetric); separable: n
+  std::vector<double> b_;  // full: eigenvectors, row-major, column j = eigenvector j
+  std::vector<double> d_;  // sqrt of the eigenvalues (separable: sqrt(C_ii))
   int64_t generation_ = 0;
   int64_t decomposed_at_ = 0;  // generation of the last eigendecomposition (full)
   // Generator state at the start of the generation; ask() draws from a copy, tell() commits it.
@@ -170,7 +170,7 @@ class CmaEs {
   std::vector<char> repaired_;  // per candidate: clipped into the box
   std::vector<double> best_x_;
   double best_f_ = 0;
-  std::vector<double> best_history_;  // best fitness of the last history_length generations
+  std::vector<double> best_history_;    // best fitness of the last history_length generations
   double last_min_ = 0, last_max_ = 0;  // fitness range of the last generation
 };
 

@@ -59,7 +59,8 @@ class Reader {
     const json& v = at(key);
     if (!v.is_number_integer()) bad(key, "expected an integer");
     const int64_t value = v.get<int64_t>();
-    if (value < min || value > max) bad(key, fmt::format("{} is outside [{}, {}]", value, min, max));
+    if (value < min || value > max)
+      bad(key, fmt::format("{} is outside [{}, {}]", value, min, max));
     return value;
   }
 
