@@ -20,7 +20,7 @@ using Vec = GramSpace::Vec;
 // Coefficients c (over the x_k) of the Karcher mean direction u, or nullopt when no input is
 // longer than tol (the output is then zero).
 std::optional<Vec> karcher_direction(const GramSpace& g, const std::vector<double>& norms,
-                                     int max_iter, double tol, const std::string& tensor) {
+                                     int max_iter, double tol, const PlanEntry& entry) {
   const size_t count = g.size();
   std::vector<size_t> valid;
   for (size_t k = 0; k < count; ++k) {
@@ -51,9 +51,9 @@ std::optional<Vec> karcher_direction(const GramSpace& g, const std::vector<doubl
       if (theta < tol || theta == 0) continue;
       if (std::numbers::pi - theta < 1e-7) {
         fail(
-            "tensor '{}': karcher input {} is antipodal to the mean of the others (cos = {}); "
-            "the spherical mean of opposite points is undefined",
-            tensor, k, cos);
+            "tensor '{}': karcher input '{}' of model {} is antipodal to the mean of the others "
+            "(cos = {}); the spherical mean of opposite points is undefined",
+            entry.name, entry.sources[k].tensor, entry.sources[k].model, cos);
       }
       const double f = alpha * theta / std::sin(theta);
       step[k] += f / norms[k];
@@ -106,7 +106,7 @@ class Karcher : public MergeMethod {
     std::vector<double> norms(count);
     for (size_t k = 0; k < count; ++k) norms[k] = std::sqrt(std::max(0.0, g.at(k, k)));
     const auto u = karcher_direction(g, norms, static_cast<int>(global_param(e, "max_iter")),
-                                     global_param(e, "tol"), e.name);
+                                     global_param(e, "tol"), e);
     // Scale: the mean norm over every input, zero ones included (mergekit).
     double scale = 0;
     for (double n : norms) scale += n / static_cast<double>(count);
