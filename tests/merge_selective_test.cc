@@ -127,7 +127,8 @@ Reference sce_reference(const Inputs& x, double topk) {
     // The k largest variances, ties to the lower index.
     std::vector<size_t> order(n);
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return var[a] > var[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return var[a] > var[b]; });
     std::vector<bool> selected(n, false);
     for (size_t r = 0; r < k; ++r) selected[order[r]] = true;
     for (size_t j = 0; j < n; ++j) {
@@ -144,7 +145,8 @@ Reference sce_reference(const Inputs& x, double topk) {
   }
   ref.detail = total;
   std::vector<double> c(models);
-  for (size_t i = 0; i < models; ++i) c[i] = std::fabs(total) < 1e-6 ? 1.0 / models : energy[i] / total;
+  for (size_t i = 0; i < models; ++i)
+    c[i] = std::fabs(total) < 1e-6 ? 1.0 / models : energy[i] / total;
   for (size_t j = 0; j < n; ++j) {
     double sum = 0;
     for (size_t i = 0; i < models; ++i) sum += tau[i][j];
@@ -345,10 +347,16 @@ TEST(Sce, SelectTopkZeroGivesTheBaseAndBelowZeroIsRefused) {
   const tensor::Shape shape{30, 40};
   const auto in = dense_inputs(shape, 2, 0.01, 41);
   EXPECT_EQ(run("sce", make_entry(shape, 2, {{"select_topk", 0.0}}), in).data, in[0].data);
-  expect_error([&] { run("sce", make_entry(shape, 2, {{"select_topk", -0.1}}), in); },
-               "select_topk");
-  expect_error([&] { run("sce", make_entry(shape, 2, {{"select_topk", 1.5}}), in); },
-               "select_topk");
+  expect_error(
+      [&] {
+        run("sce", make_entry(shape, 2, {{"select_topk", -0.1}}), in);
+      },
+      "select_topk");
+  expect_error(
+      [&] {
+        run("sce", make_entry(shape, 2, {{"select_topk", 1.5}}), in);
+      },
+      "select_topk");
 }
 
 TEST(Sce, OneModelHasNoVarianceSoSelectionKeepsNothing) {
@@ -401,7 +409,8 @@ TEST(Ram, MatchesTheReference) {
                      ram_reference(x, eps, true), x, "ramplus_tl " + what);
       const Params p = {{"epsilon", eps}, {"r", 0.05}, {"alpha", 1.0}};
       expect_matches(run("ramplus_tl", make_entry(shape, 3, p), in),
-                     ram_reference(x, eps, true, 0.05, 1.0), x, "ramplus_tl r 0.05 alpha 1 " + what);
+                     ram_reference(x, eps, true, 0.05, 1.0), x,
+                     "ramplus_tl r 0.05 alpha 1 " + what);
     }
   }
 }
@@ -435,10 +444,10 @@ TEST(RamPlus, UniqueChangesAreAmplifiedByTheClampedSharedUniqueRatio) {
     const Tensor got =
         run("ramplus_tl", make_entry(shape, 2, {{"r", r}, {"alpha", alpha}}), {base, a, b});
     const double la = 1 + r * std::min(0.5, alpha), lb = 1 + r * std::min(2.0, alpha);
-    EXPECT_FLOAT_EQ(got.data[0], 0.5 * la) << r << " " << alpha;        // unique to a
+    EXPECT_FLOAT_EQ(got.data[0], 0.5 * la) << r << " " << alpha;           // unique to a
     EXPECT_FLOAT_EQ(got.data[50], (0.5 - 0.25) / 2) << r << " " << alpha;  // shared: plain mean
-    EXPECT_FLOAT_EQ(got.data[65], -0.25 * lb) << r << " " << alpha;     // unique to b
-    EXPECT_EQ(got.data[90], 0.0f);                                      // unchanged
+    EXPECT_FLOAT_EQ(got.data[65], -0.25 * lb) << r << " " << alpha;        // unique to b
+    EXPECT_EQ(got.data[90], 0.0f);                                         // unchanged
   }
   // With epsilon 0 a model with no unique element must not produce NaN.
   Tensor c = a;
@@ -485,8 +494,11 @@ TEST(NearSwap, NeedsTAndExactlyTwoModels) {
   const auto in = dense_inputs(shape, 2, 1e-3, 81);
   expect_error([&] { run("nearswap", make_entry(shape, 1), {in[0], in[1]}); }, "'t'");
   expect_error([&] { run("nearswap", make_entry(shape, 2, {{"t", 0.1}}), in); }, "exactly two");
-  expect_error([&] { run("nearswap", make_entry(shape, 1, {{"t", -1.0}}), {in[0], in[1]}); },
-               "out of range");
+  expect_error(
+      [&] {
+        run("nearswap", make_entry(shape, 1, {{"t", -1.0}}), {in[0], in[1]});
+      },
+      "out of range");
 }
 
 // ---- arcee_fusion ------------------------------------------------------------------------
@@ -495,20 +507,36 @@ TEST(ArceeFusion, MatchesTheReference) {
   for (const tensor::Shape& shape :
        {tensor::Shape{3}, tensor::Shape{7}, tensor::Shape{1000}, tensor::Shape{64, 33},
         tensor::Shape{600, 1000}, tensor::Shape{2, 3, 40}}) {
-    // Scale large enough that softmax rows differ visibly (row KLs spread over decades).
-    const auto in = dense_inputs(shape, 1, 0.5, 91);
-    const auto x = as_doubles(in);
-    const size_t cols = static_cast<size_t>(shape.back());
-    const Reference ref = fusion_reference(x, cols);
-    const Tensor got = run("arcee_fusion", make_entry(shape, 1), in);
-    expect_matches(got, ref, x, "arcee_fusion " + shape_name(shape));
-    size_t fused = 0;
-    for (size_t j = 0; j < x[0].size(); ++j) fused += got.data[j] != in[0].data[j];
-    if (x[0].size() >= 1000) {
-      EXPECT_GT(fused, 0u) << shape_name(shape);
-      EXPECT_LT(fused, x[0].size() / 2) << shape_name(shape);
+    // Scale 0.5: softmax rows differ visibly (row KLs spread over decades). Scale 8: peaked
+    // rows, with probabilities far below the 1e-8 added to them.
+    for (double scale : {0.5, 8.0}) {
+      const auto in = dense_inputs(shape, 1, scale, 91);
+      const auto x = as_doubles(in);
+      const size_t cols = static_cast<size_t>(shape.back());
+      const Reference ref = fusion_reference(x, cols);
+      const Tensor got = run("arcee_fusion", make_entry(shape, 1), in);
+      const std::string what = fmt::format("arcee_fusion {} scale {}", shape_name(shape), scale);
+      expect_matches(got, ref, x, what);
+      size_t fused = 0;
+      for (size_t j = 0; j < x[0].size(); ++j) fused += got.data[j] != in[0].data[j];
+      if (x[0].size() >= 1000) {
+        EXPECT_GT(fused, 0u) << what;
+        EXPECT_LT(fused, x[0].size() / 2) << what;
+      }
     }
   }
+}
+
+TEST(ArceeFusion, SoftmaxUnderflowStaysFinite) {
+  // A row with one huge value: exp underflows to 0 for the others (p = 1e-8 exactly there).
+  const tensor::Shape shape{6, 50};
+  auto in = dense_inputs(shape, 1, 0.5, 95);
+  in[1].data[2 * 50 + 7] = 900.0f;
+  in[0].data[4 * 50 + 1] = -900.0f;
+  const auto x = as_doubles(in);
+  const Tensor got = run("arcee_fusion", make_entry(shape, 1), in);
+  for (float v : got.data) ASSERT_TRUE(std::isfinite(v));
+  expect_matches(got, fusion_reference(x, 50), x, "underflow");
 }
 
 TEST(ArceeFusion, QuartilesAreTheElementsAtFloorQTimesNMinus1) {
@@ -612,7 +640,8 @@ TEST(Selective, NeedTheBase) {
   const tensor::Shape shape{5, 6};
   const auto in = dense_inputs(shape, 1, 0.1, 131);
   for (const char* m : {"sce", "ram", "ramplus_tl", "nearswap", "arcee_fusion"}) {
-    PlanEntry e = make_entry(shape, 1, std::string(m) == "nearswap" ? Params{{"t", 0.1}} : Params{});
+    PlanEntry e =
+        make_entry(shape, 1, std::string(m) == "nearswap" ? Params{{"t", 0.1}} : Params{});
     e.base.reset();
     expect_error([&] { run(m, e, in); }, "base_model");
     EXPECT_TRUE(merge::method_or_fail(m).requires_base()) << m;
@@ -697,14 +726,14 @@ struct E2eCase {
 // result cancels to near zero, 2^-20 of the magnitude of the terms).
 void check_e2e(const E2eCase& c) {
   testing::TempDir dir;
-  std::string yaml = fmt::format("merge_method: {}\nbase_model: {}\nmodels:\n", c.method,
-                                 zoo_path(c.models[0]));
+  std::string yaml =
+      fmt::format("merge_method: {}\nbase_model: {}\nmodels:\n", c.method, zoo_path(c.models[0]));
   for (const auto& m : c.models) yaml += fmt::format("  - model: {}\n", zoo_path(m));
   yaml += c.parameters + "dtype: bfloat16\n";
   testing::write_file(dir / "recipe.yaml", yaml);
   const auto out = dir / "out";
-  auto r = testing::run_amalgam(fmt::format("merge {} -o {} --quiet",
-                                            (dir / "recipe.yaml").string(), out.string()));
+  auto r = testing::run_amalgam(
+      fmt::format("merge {} -o {} --quiet", (dir / "recipe.yaml").string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << c.method << ": " << r.output;
   auto inspect = testing::run_amalgam("inspect " + out.string());
   ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
@@ -742,8 +771,8 @@ void check_e2e(const E2eCase& c) {
       for (const auto& xi : x) magnitude += std::fabs(xi[j]);
       if (std::fabs(core::bf16_to_f32(got) - ref.out[j]) <= std::ldexp(magnitude, -20)) continue;
       if (bad++ < 3) {
-        ADD_FAILURE() << c.method << " " << name << "[" << j << "]: got "
-                      << core::bf16_to_f32(got) << " want " << ref.out[j];
+        ADD_FAILURE() << c.method << " " << name << "[" << j << "]: got " << core::bf16_to_f32(got)
+                      << " want " << ref.out[j];
       }
     }
     EXPECT_EQ(bad, 0u) << c.method << " " << name;
@@ -752,8 +781,7 @@ void check_e2e(const E2eCase& c) {
   EXPECT_GT(changed, total / 100) << c.method << ": the merge left the base (nearly) unchanged";
 }
 
-const std::vector<std::string> kThreeExperts = {"base", "add-expert", "rev-expert",
-                                                "sort-expert"};
+const std::vector<std::string> kThreeExperts = {"base", "add-expert", "rev-expert", "sort-expert"};
 
 TEST(SelectiveE2E, Sce) {
   check_e2e({"sce", kThreeExperts, "parameters:\n  select_topk: 0.5\n",
@@ -766,18 +794,22 @@ TEST(SelectiveE2E, Ram) {
 }
 
 TEST(SelectiveE2E, RamPlusTl) {
-  check_e2e({"ramplus_tl", kThreeExperts, "parameters:\n  epsilon: 0.001\n  r: 0.05\n  alpha: 1.0\n",
+  check_e2e({"ramplus_tl", kThreeExperts,
+             "parameters:\n  epsilon: 0.001\n  r: 0.05\n  alpha: 1.0\n",
              [](const Inputs& x, size_t) { return ram_reference(x, 0.001, true, 0.05, 1.0); }});
 }
 
 TEST(SelectiveE2E, NearSwap) {
-  check_e2e({"nearswap", {"base", "add-expert"}, "parameters:\n  t: 0.001\n",
+  check_e2e({"nearswap",
+             {"base", "add-expert"},
+             "parameters:\n  t: 0.001\n",
              [](const Inputs& x, size_t) { return nearswap_reference(x, 0.001); }});
 }
 
 TEST(SelectiveE2E, ArceeFusion) {
-  check_e2e({"arcee_fusion", {"base", "add-expert"}, "",
-             [](const Inputs& x, size_t cols) { return fusion_reference(x, cols); }});
+  check_e2e({"arcee_fusion", {"base", "add-expert"}, "", [](const Inputs& x, size_t cols) {
+               return fusion_reference(x, cols);
+             }});
 }
 
 }  // namespace

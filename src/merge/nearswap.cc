@@ -55,14 +55,15 @@ ParamSpec t_spec() {
 class NearSwap : public MergeMethod {
  public:
   NearSwap()
-      : MergeMethod({.name = "nearswap",
-                     .title = "NearSwap",
-                     .reference = "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
-                     .summary = "takes the other model's values where they lie within t of the base",
-                     .base = BaseRole::kRequired,
-                     .embed = EmbedRule::kCommonSubMatrix,
-                     .inputs = 2,
-                     .params = {t_spec()}}) {}
+      : MergeMethod(
+            {.name = "nearswap",
+             .title = "NearSwap",
+             .reference = "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+             .summary = "takes the other model's values where they lie within t of the base",
+             .base = BaseRole::kRequired,
+             .embed = EmbedRule::kCommonSubMatrix,
+             .inputs = 2,
+             .params = {t_spec()}}) {}
 
   bool copies_input(const PlanEntry& entry) const override { return entry.sources.size() == 1; }
 

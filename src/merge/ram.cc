@@ -108,8 +108,8 @@ class Ram : public MergeMethod {
   explicit Ram(bool plus)
       : MergeMethod(
             {.name = plus ? "ramplus_tl" : "ram",
-             .title = plus ? "Reinforced Agent Merging Plus (Tensor-Local)"
-                           : "Reinforced Agent Merging",
+             .title =
+                 plus ? "Reinforced Agent Merging Plus (Tensor-Local)" : "Reinforced Agent Merging",
              .reference = "https://arxiv.org/abs/2601.13572",
              .summary = plus ? "RAM with each model's unique changes amplified by its "
                                "shared/unique ratio in the tensor"
@@ -131,8 +131,7 @@ class Ram : public MergeMethod {
     const auto eps = static_cast<float>(global_param(e, "epsilon"));
     std::vector<float> lambda(e.sources.size(), 1.0f);
     if (plus_) lambda = plus_factors(in, base, eps);
-    return std::make_unique<RamMerger>(base, eps, std::move(lambda),
-                                       in.reader.chunk_elements());
+    return std::make_unique<RamMerger>(base, eps, std::move(lambda), in.reader.chunk_elements());
   }
 
  private:

@@ -24,19 +24,6 @@ namespace {
 constexpr double kUniformBelow = 1e-6;  // sum_j mean(d_j^2) below which c_i = 1/N
 constexpr float kMinDivisor = 1e-6f;    // clamp of sum_i c_i m_i
 
-// Population variance over the models, per element, in fp64: tau[m] (n each) -> var (n).
-void variance(const std::vector<std::vector<float>>& tau, size_t n, float* var) {
-  const double models = static_cast<double>(tau.size());
-  for (size_t j = 0; j < n; ++j) {
-    double mean = 0;
-    for (const auto& d : tau) mean += d[j];
-    mean /= models;
-    double ss = 0;
-    for (const auto& d : tau) ss += (d[j] - mean) * (d[j] - mean);
-    var[j] = static_cast<float>(ss / models);
-  }
-}
-
 // Task vectors of the non-base inputs, computed chunk by chunk into reusable buffers.
 class TaskVectors {
  public:
@@ -75,11 +62,43 @@ class TaskVectors {
     }
   }
 
+  // Population variance over the models of the current n task-vector values, in fp64 (two
+  // passes: mean, then squared deviations), rounded to fp32: var (n). Loops run over the chunk
+  // per model so that they vectorise.
+  void variance(size_t n, float* __restrict var) {
+    if (mean_.size() < n) {
+      mean_.resize(n);
+      ss_.resize(n);
+    }
+    double* __restrict mean = mean_.data();
+    double* __restrict ss = ss_.data();
+    const auto models = static_cast<double>(models_.size());
+    for (size_t m = 0; m < tau_.size(); ++m) {
+      const float* __restrict d = tau_[m].data();
+      if (m == 0) {
+        for (size_t j = 0; j < n; ++j) mean[j] = d[j];
+      } else {
+        for (size_t j = 0; j < n; ++j) mean[j] += d[j];
+      }
+    }
+    for (size_t j = 0; j < n; ++j) mean[j] /= models;
+    for (size_t m = 0; m < tau_.size(); ++m) {
+      const float* __restrict d = tau_[m].data();
+      if (m == 0) {
+        for (size_t j = 0; j < n; ++j) ss[j] = (d[j] - mean[j]) * (d[j] - mean[j]);
+      } else {
+        for (size_t j = 0; j < n; ++j) ss[j] += (d[j] - mean[j]) * (d[j] - mean[j]);
+      }
+    }
+    for (size_t j = 0; j < n; ++j) var[j] = static_cast<float>(ss[j] / models);
+  }
+
  private:
   size_t base_;
   std::vector<size_t> models_;
   std::vector<std::vector<float>> tau_;
   std::vector<float> b_;
+  std::vector<double> mean_, ss_;  // variance scratch
 };
 
 // The selection: elements whose variance survives the top-k cut. Chunks in ascending order.
@@ -87,11 +106,11 @@ class Selection {
  public:
   explicit Selection(const MagnitudeCut& cut) : applier_(cut) {}
   // Zeroes the unselected elements of every task vector.
-  void apply(std::vector<std::vector<float>>& tau, size_t n) {
+  void apply(TaskVectors& tv, size_t n) {
     var_.resize(n);
-    variance(tau, n, var_.data());
+    tv.variance(n, var_.data());
     applier_.apply(var_.data(), n);  // selected variances are > 0: k <= nnz(var)
-    for (auto& d : tau) {
+    for (auto& d : tv.tau()) {
       for (size_t j = 0; j < n; ++j) d[j] = var_[j] != 0.0f ? d[j] : 0.0f;
     }
   }
@@ -112,8 +131,8 @@ class SceMerger : public ChunkMerger {
   // B and X_i chunks (n) -> out (n)
   void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
     tv_.compute(inputs, n);
-    auto& tau = tv_.tau();
-    if (selection_) selection_->apply(tau, n);
+    if (selection_) selection_->apply(tv_, n);
+    const auto& tau = tv_.tau();
     sum_.assign(n, 0.0f);
     numer_.assign(n, 0.0f);
     denom_.assign(n, 0.0f);
@@ -200,7 +219,7 @@ class Sce : public MergeMethod {
           n, {k}, chunk,
           [&](size_t begin, size_t len, float* const* outs) {
             tv.read(r, begin, len);
-            variance(tv.tau(), len, outs[0]);
+            tv.variance(len, outs[0]);
           },
           /*need_l1=*/false)[0];
     }
@@ -212,7 +231,7 @@ class Sce : public MergeMethod {
     for (size_t begin = 0; begin < n; begin += chunk) {
       const size_t len = std::min(chunk, n - begin);
       tv.read(r, begin, len);
-      if (selection) selection->apply(tv.tau(), len);
+      if (selection) selection->apply(tv, len);
       for (size_t m = 0; m < sumsq.size(); ++m) {
         const float* d = tv.tau()[m].data();
         double s = 0;
@@ -224,9 +243,9 @@ class Sce : public MergeMethod {
     for (double& s : sumsq) total += (s /= static_cast<double>(n));  // mean(d_i^2)
     std::vector<float> c(sumsq.size());
     for (size_t m = 0; m < c.size(); ++m) {
-      c[m] = static_cast<float>(std::fabs(total) < kUniformBelow
-                                    ? 1.0 / static_cast<double>(c.size())
-                                    : sumsq[m] / total);
+      c[m] =
+          static_cast<float>(std::fabs(total) < kUniformBelow ? 1.0 / static_cast<double>(c.size())
+                                                              : sumsq[m] / total);
     }
     return std::make_unique<SceMerger>(base, r.inputs(), chunk, std::move(c), cut);
   }
@@ -241,7 +260,7 @@ class Sce : public MergeMethod {
     for (size_t begin = 0; begin < n; begin += chunk) {
       const size_t len = std::min(chunk, n - begin);
       tv.read(r, begin, len);
-      variance(tv.tau(), len, var.data());
+      tv.variance(len, var.data());
       for (size_t j = 0; j < len; ++j) nonzero += var[j] != 0.0f;
     }
     const float k = static_cast<float>(nonzero) * static_cast<float>(topk);
