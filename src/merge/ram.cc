@@ -116,6 +116,7 @@ class Ram : public MergeMethod {
                              : "keeps changes made by one model, averages changes made by several",
              .base = BaseRole::kRequired,
              .embed = EmbedRule::kCommonSubMatrix,
+             .inputs = std::nullopt,
              .params = ram_params(plus)}),
         plus_(plus) {}
 

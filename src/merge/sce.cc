@@ -193,6 +193,7 @@ class Sce : public MergeMethod {
                                 "TIES sign consensus",
                      .base = BaseRole::kRequired,
                      .embed = EmbedRule::kCommonSubMatrix,
+                     .inputs = std::nullopt,
                      .params = sce_params()}) {}
 
   bool copies_input(const PlanEntry& entry) const override { return entry.sources.size() == 1; }
