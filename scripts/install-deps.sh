@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake g++ nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libeigen3-dev libssl-dev
-      libicu-dev libopenmpi-dev)
+      libicu-dev libopenmpi-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

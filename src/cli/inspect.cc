@@ -90,7 +90,8 @@ void register_inspect(CLI::App& app) {
   auto opt = std::make_shared<InspectOptions>();
   auto* cmd = app.add_subcommand("inspect", "Show tensors, dtypes, shapes, shards and config "
                                             "(reads headers only)");
-  cmd->add_option("path", opt->path, "Model directory or .safetensors file")->required();
+  cmd->add_option("path", opt->path, "Model directory, .safetensors or pytorch_model .bin file")
+      ->required();
   cmd->add_flag("--json", opt->json, "Print JSON");
   cmd->add_flag("!--summary", opt->list, "Only the summary, not every tensor");
   cmd->callback([opt] { run_inspect(*opt); });

@@ -38,7 +38,8 @@ LoadedModel ModelLoader::load(const fs::path& model_or_recipe) {
   if (is_recipe_path(model_or_recipe)) {
     return from_plan(recipe::plan_from_file(model_or_recipe, {}), model_or_recipe.string());
   }
-  if (fs::is_regular_file(model_or_recipe) && model_or_recipe.extension() != ".safetensors") {
+  const std::string ext = model_or_recipe.extension().string();
+  if (fs::is_regular_file(model_or_recipe) && ext != ".safetensors" && ext != ".bin") {
     fail("{}: expected a model directory or a recipe (.yaml)", model_or_recipe.string());
   }
   // The checkpoint stays mapped in the input set, shared with any recipe that uses it.

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json.h"
+#include "io/torch_file.h"
 
 namespace amalgam::io {
 
@@ -28,9 +29,34 @@ uint64_t checked_u64(const json& v, const std::string& file, const std::string& 
   return v.get<uint64_t>();
 }
 
+// Adds the shards an index.json names to `files` (once each) and its tensors to `weight_map`.
+void read_weight_map(const fs::path& index, std::vector<fs::path>& files,
+                     std::map<std::string, std::string>& weight_map) {
+  json j = core::read_json_file(index);
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+    fail("{}: missing weight_map", index.string());
+  }
+  std::set<std::string> seen;
+  for (auto& [name, file] : j["weight_map"].items()) {
+    if (!file.is_string()) fail("{}: weight_map['{}'] must be a file name", index.string(), name);
+    std::string f = file.get<std::string>();
+    if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
+      fail("{}: weight_map['{}'] = '{}' is not a plain file name", index.string(), name, f);
+    }
+    weight_map[name] = f;
+    if (seen.insert(f).second) files.push_back(index.parent_path() / f);
+  }
+}
+
 }  // namespace
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+  if (auto torch_tensors = read_if_torch_file(file_)) {
+    // State-dict order; tensors may share a storage, so ranges may overlap.
+    tensors_ = std::move(*torch_tensors);
+    for (size_t i = 0; i < tensors_.size(); ++i) by_name_[tensors_[i].name] = i;
+    return;
+  }
   const uint64_t size = file_.size();
   if (size < 8) fail("{}: not a safetensors file (only {} bytes)", path, size);
   uint64_t header_len = 0;
@@ -128,26 +154,25 @@ Checkpoint::Checkpoint(const fs::path& path) : path_(path) {
     files.push_back(path);
   } else if (fs::is_directory(path)) {
     dir_ = path;
-    fs::path index = path / "model.safetensors.index.json";
-    if (fs::exists(path / "model.safetensors")) {
-      files.push_back(path / "model.safetensors");
-    } else if (fs::exists(index)) {
-      json j = core::read_json_file(index);
-      if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-        fail("{}: missing weight_map", index.string());
+    // The first of these that exists wins (mergekit's order): safetensors before PyTorch pickles.
+    bool found = false;
+    for (const char* base : {"model.safetensors", "pytorch_model.bin"}) {
+      const fs::path single = path / base;
+      const fs::path index = path / (std::string(base) + ".index.json");
+      if (fs::exists(single)) {
+        files.push_back(single);
+      } else if (fs::exists(index)) {
+        read_weight_map(index, files, weight_map);
+      } else {
+        continue;
       }
-      std::set<std::string> seen;
-      for (auto& [name, file] : j["weight_map"].items()) {
-        if (!file.is_string()) fail("{}: weight_map['{}'] must be a file name", index.string(), name);
-        std::string f = file.get<std::string>();
-        if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
-          fail("{}: weight_map['{}'] = '{}' is not a plain file name", index.string(), name, f);
-        }
-        weight_map[name] = f;
-        if (seen.insert(f).second) files.push_back(path / f);
-      }
-    } else {
-      fail("{}: no model.safetensors or model.safetensors.index.json", path.string());
+      found = true;
+      break;
+    }
+    if (!found) {
+      fail("{}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+           "pytorch_model.bin.index.json",
+           path.string());
     }
   } else {
     fail("{}: no such file or directory", path.string());

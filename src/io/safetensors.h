@@ -1,6 +1,7 @@
 // safetensors reading: one file (SafetensorsFile) or a model directory, single or sharded
 // (Checkpoint). Files are memory-mapped; tensors are zero-copy views. Every header is validated
-// before use, and errors name the file and tensor.
+// before use, and errors name the file and tensor. PyTorch checkpoints (pytorch_model.bin, a
+// torch.save zip archive) are read through the same classes (io/torch_file.h).
 #pragma once
 
 #include <filesystem>
@@ -18,7 +19,7 @@ struct TensorInfo {
   std::string name;
   tensor::DType dtype;
   tensor::Shape shape;
-  uint64_t begin = 0;  // offsets into the data section (after the header)
+  uint64_t begin = 0;  // offsets into the data section (after the header; a torch file: the file)
   uint64_t end = 0;
 };
 
@@ -43,8 +44,8 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// A Hugging Face model directory (model.safetensors or model.safetensors.index.json + shards),
-// or a single .safetensors file.
+// A Hugging Face model directory (model.safetensors or model.safetensors.index.json + shards,
+// else pytorch_model.bin or pytorch_model.bin.index.json + shards), or a single such file.
 class Checkpoint {
  public:
   explicit Checkpoint(const std::filesystem::path& path);

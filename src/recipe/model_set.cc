@@ -74,11 +74,7 @@ void ModelSet::open(const ModelRef& ref) {
     m.checkpoint = options_.inputs ? options_.inputs->share(path)
                                    : std::make_shared<const io::Checkpoint>(path);
   } catch (const Error& e) {
-    const bool has_bin =
-        fs::exists(path / "pytorch_model.bin") || fs::exists(path / "pytorch_model.bin.index.json");
-    fail_at(
-        where, ref.at, "model '{}': {}{}", ref.path, e.what(),
-        has_bin ? " (pytorch_model.bin checkpoints are not read: convert it to safetensors)" : "");
+    fail_at(where, ref.at, "model '{}': {}", ref.path, e.what());
   }
   try {
     m.config = options_.inputs ? options_.inputs->config(m.checkpoint->directory())
