@@ -193,3 +193,106 @@ TEST(Resident, ReusesUnchangedTensorsAndAliasesCopies) {
 
 }  // namespace
 }  // namespace amalgam
+
+namespace amalgam {
+namespace {
+
+// A small search over the zoo: rev + sort from base, likelihood fitness on 4 items each.
+std::string search_config(const std::string& search, int64_t evaluations) {
+  return fmt::format(
+      "base_model: {}\nmodels: [{}, {}]\nsearch: {}\nlayer_groups: 2\ndfs: {{repeats: 2}}\n"
+      "tasks:\n  - {{file: {}, limit: 4, metric: likelihood}}\n"
+      "  - {{file: {}, limit: 4, metric: likelihood}}\n"
+      "validation:\n  - {{file: {}, offset: 100, limit: 4}}\n"
+      "budget: {{evaluations: {}}}\npopulation: 6\nseed: 3\n",
+      zoo("base").string(), zoo("rev-expert").string(), zoo("sort-expert").string(), search,
+      zoo("eval/rev.json").string(), zoo("eval/sort.json").string(),
+      zoo("eval/rev.json").string(), evaluations);
+}
+
+// The log without timings: what must not depend on interruptions, threads or ranks.
+std::vector<nlohmann::json> log_without_timings(const fs::path& run) {
+  std::ifstream in(run / "log.jsonl");
+  std::vector<nlohmann::json> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    j.erase("merge_seconds");
+    j.erase("eval_seconds");
+    j.erase("cached");
+    out.push_back(j);
+  }
+  return out;
+}
+
+TEST(EvolveCommand, ResumedRunEqualsUninterruptedRun) {
+  TempDir dir;
+  testing::write_file(dir / "ps.yaml", search_config("ps", 18));
+  const std::string config = (dir / "ps.yaml").string();
+  auto full = testing::run_amalgam(
+      fmt::format("evolve {} -o {} -t 1 --no-best-model", config, (dir / "a").string()));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  EXPECT_NE(full.output.find("evolved (best.yaml)"), std::string::npos) << full.output;
+
+  auto first = testing::run_amalgam(fmt::format("evolve {} -o {} -t 2 --no-best-model --pause-after 1",
+                                                config, (dir / "b").string()));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_NE(first.output.find("paused"), std::string::npos) << first.output;
+  EXPECT_EQ(log_without_timings(dir / "b").size(), 6u);
+  // Starting again without --resume is refused; with it, the search continues.
+  auto again = testing::run_amalgam(
+      fmt::format("evolve {} -o {} --no-best-model", config, (dir / "b").string()));
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.output;
+  auto rest = testing::run_amalgam(fmt::format("evolve {} -o {} -t 2 --no-best-model --resume",
+                                               config, (dir / "b").string()));
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+
+  const auto a = log_without_timings(dir / "a"), b = log_without_timings(dir / "b");
+  ASSERT_EQ(a.size(), 18u);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "evaluation " << i;
+  EXPECT_EQ(testing::read_file(dir / "a" / "best.yaml"), testing::read_file(dir / "b" / "best.yaml"));
+  const auto summary = nlohmann::json::parse(testing::read_file(dir / "a" / "summary.json"));
+  EXPECT_EQ(summary["rows"].size(), 3u);  // two experts and the evolved recipe
+  EXPECT_TRUE(fs::exists(dir / "a" / "fitness.svg"));
+}
+
+TEST(EvolveCommand, BestRecipeMergesWithAmalgamMergeAndDataFlowSearchRuns) {
+  TempDir dir;
+  testing::write_file(dir / "dfs.yaml", search_config("dfs", 12));
+  auto r = testing::run_amalgam(
+      fmt::format("evolve {} -o {} -t 2", (dir / "dfs.yaml").string(), (dir / "run").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(dir / "run" / "best" / "model.safetensors"));
+  // best.yaml is a plain passthrough recipe that amalgam merge runs: the same model as best/.
+  auto m = testing::run_amalgam(fmt::format("merge {} -o {} -q", (dir / "run" / "best.yaml").string(),
+                                            (dir / "merged").string()));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  EXPECT_EQ(testing::read_file(dir / "merged" / "model.safetensors"),
+            testing::read_file(dir / "run" / "best" / "model.safetensors"));
+}
+
+TEST(EvolveCommand, TwoMpiRanksEqualOne) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "mpirun is not installed";
+  }
+  TempDir dir;
+  testing::write_file(dir / "ps.yaml", search_config("ps", 12));
+  const std::string config = (dir / "ps.yaml").string();
+  auto one = testing::run_amalgam(
+      fmt::format("evolve {} -o {} -t 1 --no-best-model", config, (dir / "one").string()));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const std::string cmd = fmt::format(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -n 2 {} "
+      "evolve {} -o {} -t 1 --no-best-model > {} 2>&1",
+      AMALGAM_BINARY, config, (dir / "two").string(), (dir / "mpi.log").string());
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << testing::read_file(dir / "mpi.log");
+  const auto a = log_without_timings(dir / "one"), b = log_without_timings(dir / "two");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "evaluation " << i;
+  EXPECT_NE(testing::read_file(dir / "mpi.log").find("2 ranks"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace amalgam

@@ -29,5 +29,7 @@ struct CommandResult {
 CommandResult run_amalgam(const std::string& args);
 
 void write_file(const std::filesystem::path& path, const std::string& text);
+// The whole file ("" when it cannot be read).
+std::string read_file(const std::filesystem::path& path);
 
 }  // namespace amalgam::testing

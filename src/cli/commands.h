@@ -12,6 +12,7 @@ void register_average(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_soup(CLI::App& app);
 void register_evolve(CLI::App& app);
+void register_methods(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_perplexity(CLI::App& app);

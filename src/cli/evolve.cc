@@ -22,6 +22,7 @@ struct EvolveArgs {
   bool resume = false;
   int threads = 0;
   bool no_best = false;
+  int64_t pause_after = 0;
 };
 
 void run_evolve(const EvolveArgs& args) {
@@ -34,8 +35,14 @@ void run_evolve(const EvolveArgs& args) {
   options.resume = args.resume;
   options.merge_threads = static_cast<unsigned>(args.threads);
   options.write_best = !args.no_best;
+  options.pause_after_generations = args.pause_after;
   const evolve::SearchResult r = evolve::run_search(config, options, *comm);
   if (comm->rank() != 0) return;
+  if (r.paused) {
+    core::info("paused after {} generation(s), {} evaluations; continue with --resume",
+               r.generations, r.evaluations);
+    return;
+  }
   std::fputs(evolve::summary_table(r).c_str(), stdout);
   core::info("{} evaluations in {:.1f} s ({:.1f}/min; merging {:.0f}% of the time); best recipe: {}",
              r.evaluations, r.seconds, r.seconds > 0 ? 60.0 * r.evaluations / r.seconds : 0.0,
@@ -54,6 +61,8 @@ void register_evolve(CLI::App& app) {
   add_threads_option(cmd, args->threads);
   cmd->add_flag("--no-best-model", args->no_best,
                 "Do not merge the best recipe into RUN_DIR/best at the end");
+  cmd->add_option("--pause-after", args->pause_after,
+                  "Stop after N generations, resumable with --resume (0: run to the budget)");
   cmd->callback([args] { run_evolve(*args); });
 }
 

@@ -1,5 +1,7 @@
 #include "evolve/comm.h"
 
+#include <cstdlib>
+
 #ifdef AMALGAM_WITH_MPI
 #include <mpi.h>
 #endif
@@ -37,6 +39,11 @@ class MpiComm : public Comm {
 bool mpi_available() { return true; }
 
 std::unique_ptr<Comm> make_comm(int* argc, char*** argv) {
+  // Started by mpirun / srun? Otherwise stay a plain local process: a singleton MPI_Init costs
+  // time and may refuse to run in containers.
+  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") ||
+                        std::getenv("PMIX_RANK");
+  if (!launched) return std::make_unique<Comm>();
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) MPI_Init(argc, argv);

@@ -113,6 +113,15 @@ class SearchRun {
         best_ = Best{};
       }
     }
+    if (paused_) {
+      SearchResult paused;
+      paused.paused = true;
+      paused.best_fitness = best_.fitness;
+      paused.best_recipe = best_.recipe;
+      paused.evaluations = evaluations_;
+      paused.generations = static_cast<int64_t>(history_.size());
+      return paused;
+    }
     if (stopped_) {
       fail("interrupted: the search stopped; continue it with --resume (state in {})",
            (options_.run_dir / "state.json").string());
@@ -322,6 +331,11 @@ class SearchRun {
                  comm_.size() > 1 ? fmt::format(", {} ranks", comm_.size()) : std::string());
     }
     while (stage_evaluations_ < budget) {
+      if (options_.pause_after_generations > 0 &&
+          generations_here_ >= options_.pause_after_generations) {
+        paused_ = stopped_ = true;
+        return;
+      }
       if (config_.max_minutes &&
           elapsed_before_ + seconds_since(started_) > *config_.max_minutes * 60) {
         break;
@@ -381,6 +395,7 @@ class SearchRun {
                "\n";
       }
       es.tell(loss);
+      ++generations_here_;
       evaluations_ += static_cast<int64_t>(xs.size());
       stage_evaluations_ += static_cast<int64_t>(xs.size());
       log_lines_ += static_cast<int64_t>(xs.size());
@@ -492,6 +507,8 @@ class SearchRun {
   double merge_seconds_ = 0, elapsed_before_ = 0;
   Clock::time_point started_ = Clock::now();
   bool stopped_ = false;
+  bool paused_ = false;
+  int64_t generations_here_ = 0;  // generations run by this process
 };
 
 }  // namespace

@@ -20,6 +20,8 @@ struct SearchOptions {
   bool resume = false;
   unsigned merge_threads = 0;  // 0: every core
   bool write_best = true;      // merge the best recipe into run_dir/best at the end
+  // Pause (state saved, resumable) after this many generations in this process; 0: no limit.
+  int64_t pause_after_generations = 0;
 };
 
 struct SummaryRow {
@@ -31,6 +33,7 @@ struct SummaryRow {
 };
 
 struct SearchResult {
+  bool paused = false;  // stopped by pause_after_generations; continue with --resume
   double best_fitness = 0;
   std::string best_recipe;
   int64_t evaluations = 0;
