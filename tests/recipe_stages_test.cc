@@ -1,8 +1,6 @@
 // Multi-stage recipes (mergekit-multi documents) on the zoo models: the staged result equals
 // running each stage by hand, finished stages are skipped on re-runs and changed ones re-run,
 // bad graphs fail at the reference; the modules: {default: ...} form; YAML as people write it.
-#include "recipe/stages.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +11,7 @@
 #include "core/fs.h"
 #include "io/safetensors.h"
 #include "merge/finalize.h"
+#include "recipe/stages.h"
 #include "test_util.h"
 
 namespace amalgam {
@@ -126,7 +125,7 @@ TEST_F(StagesTest, TwoStagesEqualMergingEachStageByHand) {
       rev(zoo("rev-expert"));
   size_t checked = 0;
   for (const std::string name : {"model.layers.1.self_attn.q_proj.weight", "model.norm.weight",
-                                  "model.embed_tokens.weight"}) {
+                                 "model.embed_tokens.weight"}) {
     const auto o = out.load_f32(name), b = base.load_f32(name), a = add.load_f32(name),
                r = rev.load_f32(name);
     double worst = 0, scale = 0;
@@ -195,6 +194,11 @@ models: [{model: b, parameters: {weight: 1.0}}, {model: c, parameters: {weight: 
   // A missing output (or a different seed) re-runs the stage even when its hash file is there.
   fs::remove_all(stages / "c");
   EXPECT_THAT(run(a2 + b + c + last, out, options).merged, ElementsAre("c", "final"));
+  // Rebuilt from the same recipe, a writes the same bytes, so b (which reads it) stays current.
+  const std::string a_bytes = bytes(stages / "a" / "model.safetensors");
+  fs::remove_all(stages / "a");
+  EXPECT_THAT(run(a2 + b + c + last, out, options).merged, ElementsAre("a", "final"));
+  EXPECT_EQ(bytes(stages / "a" / "model.safetensors"), a_bytes);
   options.seed = 7;
   EXPECT_THAT(run(a2 + b + c + last, out, options).merged, ElementsAre("a", "b", "c", "final"));
 
@@ -262,7 +266,7 @@ models: [{model: a, parameters: {weight: 1}}]
               AllOf(HasSubstr("recipe.yaml:12:12"), HasSubstr("'expertz' is neither a stage"),
                     HasSubstr("did you mean 'experts'"), HasSubstr("stages: experts")));
   EXPECT_THAT(error(kStageA + "---\nmerge_method: task_arithmetic\nbase_model: basis\n"
-                    "models: [{model: experts}]\n"),
+                              "models: [{model: experts}]\n"),
               AllOf(HasSubstr("recipe.yaml:11:13"), HasSubstr("'basis' is neither")));
   EXPECT_THAT(error(kStageA + "---\n" + kStageA + "---\n" + kFinal),
               AllOf(HasSubstr("recipe.yaml:10:7"), HasSubstr("'experts' is used twice"),
@@ -358,19 +362,19 @@ TEST_F(RecipeFormsTest, ModulesDefaultMeansTopLevelSlicesOrModels) {
   weight: [{filter: mlp, value: [0.2, 0.8]}, {filter: self_attn, value: 0.3}, {value: 0.5}]
 )");
   // Module parameters rank above top-level ones; an unmatched module filter falls through.
-  const merge::Plan modules = plan("merge_method: linear\nmodules:\n  default:\n    slices:" +
-                                   kSlices + R"(    parameters:
+  const merge::Plan modules =
+      plan("merge_method: linear\nmodules:\n  default:\n    slices:" + kSlices + R"(    parameters:
       weight: [{filter: mlp, value: [0.2, 0.8]}]
 parameters:
   weight: [{filter: self_attn, value: 0.3}, {value: 0.5}]
 )");
   expect_same_plan(top, modules);
-  EXPECT_DOUBLE_EQ(entry(modules, "model.layers.3.mlp.up_proj.weight").sources[0].params.at(
-                       "weight"), 0.8);
-  EXPECT_DOUBLE_EQ(entry(modules, "model.layers.0.mlp.up_proj.weight").sources[1].params.at(
-                       "weight"), 0.2);
-  EXPECT_DOUBLE_EQ(entry(modules, "model.layers.2.self_attn.k_proj.weight").sources[0].params.at(
-                       "weight"), 0.3);
+  EXPECT_DOUBLE_EQ(
+      entry(modules, "model.layers.3.mlp.up_proj.weight").sources[0].params.at("weight"), 0.8);
+  EXPECT_DOUBLE_EQ(
+      entry(modules, "model.layers.0.mlp.up_proj.weight").sources[1].params.at("weight"), 0.2);
+  EXPECT_DOUBLE_EQ(
+      entry(modules, "model.layers.2.self_attn.k_proj.weight").sources[0].params.at("weight"), 0.3);
   EXPECT_DOUBLE_EQ(entry(modules, "model.norm.weight").sources[0].params.at("weight"), 0.5);
 
   expect_same_plan(
@@ -385,11 +389,12 @@ parameters:
   EXPECT_THAT(error("merge_method: linear\nmodules:\n  defualt:\n    slices:" + kSlices),
               HasSubstr("did you mean 'default'"));
   EXPECT_THAT(error("merge_method: linear\nmodules:\n  default:\n    slice:" + kSlices),
-              AllOf(HasSubstr("recipe.yaml:4:5"), HasSubstr("unknown key 'slice' in "
-                                                            "modules.default"),
+              AllOf(HasSubstr("recipe.yaml:4:5"),
+                    HasSubstr("unknown key 'slice' in "
+                              "modules.default"),
                     HasSubstr("did you mean 'slices'")));
-  EXPECT_THAT(error("merge_method: linear\nslices:" + kSlices + "modules:\n  default:\n    slices:" +
-                    kSlices),
+  EXPECT_THAT(error("merge_method: linear\nslices:" + kSlices +
+                    "modules:\n  default:\n    slices:" + kSlices),
               AllOf(HasSubstr("recipe.yaml:2:1"), HasSubstr("not both")));
   EXPECT_THAT(error("merge_method: linear\nmodules: {}\n"), HasSubstr("modules: is empty"));
   EXPECT_THAT(error("merge_method: linear\nmodules:\n  default:\n    slices:\n"
@@ -400,7 +405,8 @@ parameters:
 TEST_F(RecipeFormsTest, NumbersBooleansAndExponents) {
   auto normalize = [&](const std::string& v) {
     return entry(plan("merge_method: linear\nmodels: [{model: $add, parameters: {weight: 1}}]\n"
-                      "parameters: {normalize: " + v + "}\n"),
+                      "parameters: {normalize: " +
+                      v + "}\n"),
                  "model.norm.weight")
         .global.at("normalize");
   };
@@ -456,17 +462,18 @@ models:   # two experts
 parameters: {normalize: true}  # flow map
 dtype: float32 # last line, no newline)");
   expect_same_plan(plain, commented);
-  EXPECT_DOUBLE_EQ(entry(commented, "model.layers.3.mlp.up_proj.weight").sources[0].params.at(
-                       "weight"), 0.9);
+  EXPECT_DOUBLE_EQ(
+      entry(commented, "model.layers.3.mlp.up_proj.weight").sources[0].params.at("weight"), 0.9);
 }
 
 TEST_F(RecipeFormsTest, WindowsPaths) {
   recipe::PlanOptions options;
   options.base_dir = testing::source_dir() / "data";
-  const merge::Plan p = plan("merge_method: linear\nmodels:\n"
-                             "  - {model: zoo\\add-expert, parameters: {weight: 1}}\n"
-                             "  - {model: 'zoo\\rev-expert', parameters: {weight: 1}}\n",
-                             options);
+  const merge::Plan p = plan(
+      "merge_method: linear\nmodels:\n"
+      "  - {model: zoo\\add-expert, parameters: {weight: 1}}\n"
+      "  - {model: 'zoo\\rev-expert', parameters: {weight: 1}}\n",
+      options);
   ASSERT_EQ(p.models.size(), 2u);
   EXPECT_EQ(p.models[0], fs::weakly_canonical(zoo("add-expert")));
   EXPECT_EQ(p.models[1], fs::weakly_canonical(zoo("rev-expert")));

@@ -35,14 +35,14 @@ void run_stages(const MergeArgs& args, const std::string& text) {
   options.keep_intermediates = args.keep_intermediates;
   options.force = args.output.force;
   options.seed = args.seed;
-  recipe::run_stages(text, args.recipe, args.out, options,
-                     [&](const merge::Plan& plan, const std::filesystem::path& out,
-                         bool intermediate) {
-                       OutputArgs output = args.output;
-                       output.force = output.force || intermediate;
-                       merge::InputSet inputs;
-                       run_write(plan, inputs, out.string(), output, args.seed);
-                     });
+  recipe::run_stages(
+      text, args.recipe, args.out, options,
+      [&](const merge::Plan& plan, const std::filesystem::path& out, bool intermediate) {
+        OutputArgs output = args.output;
+        output.force = output.force || intermediate;
+        merge::InputSet inputs;
+        run_write(plan, inputs, out.string(), output, args.seed);
+      });
 }
 
 void run_merge(MergeArgs args) {

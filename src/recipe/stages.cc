@@ -30,7 +30,9 @@ void for_each_ref(Recipe& recipe, F&& visit) {
   if (recipe.tokenizer_model) visit(*recipe.tokenizer_model);
 }
 
-std::string label(const Recipe& r) { return r.name ? "'" + *r.name + "'" : "the unnamed final"; }
+std::string label(const Recipe& r) {
+  return r.name ? "stage '" + *r.name + "'" : "the unnamed stage";
+}
 
 void check_name(const Recipe& r) {
   const std::string& n = *r.name;
@@ -65,7 +67,7 @@ void check_acyclic(const std::vector<Recipe>& docs, const std::vector<std::vecto
         for (auto it = from; it != stack.end(); ++it) loop.push_back(*docs[*it].name);
         loop.push_back(*docs[e.to].name);
         fail_at(docs[i].where, e.at,
-                "stage {} reads stage '{}', and the stages form a cycle ({}); a stage may read "
+                "{} reads stage '{}', and the stages form a cycle ({}); a stage may read "
                 "only stages that do not read it back",
                 label(docs[i]), *docs[e.to].name, join(loop, " -> "));
       }
@@ -198,7 +200,7 @@ std::vector<Stage> plan_stages(const std::string& yaml_text, const std::string& 
   place(final_index);
   for (size_t i = 0; i < docs.size(); ++i) {
     if (!placed[i]) {
-      core::warn("{}stage {} is not read by the final stage {}; it is not run",
+      core::warn("{}{} is not read by the final one ({}); it is not run",
                  prefix(where, docs[i].name ? docs[i].name_at : docs[i].merge_method_at),
                  label(docs[i]), label(docs[final_index]));
     }
@@ -235,9 +237,8 @@ std::vector<Stage> plan_stages(const std::string& yaml_text, const std::string& 
   return stages;
 }
 
-StagesReport run_stages(const std::string& yaml_text, const std::string& where,
-                        const fs::path& out, const StageOptions& options,
-                        const StageWriter& write) {
+StagesReport run_stages(const std::string& yaml_text, const std::string& where, const fs::path& out,
+                        const StageOptions& options, const StageWriter& write) {
   const std::vector<Stage> stages = plan_stages(yaml_text, where, out, options);
   const Stage& final_stage = stages.back();
   std::error_code ec;
@@ -261,8 +262,8 @@ StagesReport run_stages(const std::string& yaml_text, const std::string& where,
     const Stage& s = stages[i];
     const bool intermediate = i + 1 < stages.size();
     const std::string name = s.name.empty() ? "final" : s.name;
-    // A stage is current only if everything it reads was current too.
-    for (size_t n : s.needs) current[i] = current[i] && current[n];
+    // Upstream changes reach this stage through its hash; an upstream stage merely rebuilt from
+    // the same recipe writes the same bytes, so this one stays current.
     if (intermediate && current[i]) {
       core::info("stage '{}': up to date in {}, skipped", name, s.out.string());
       report.skipped.push_back(name);
