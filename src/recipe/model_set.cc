@@ -1,5 +1,6 @@
 #include "recipe/model_set.h"
 
+#include <cctype>
 #include <set>
 
 #include "core/log.h"
@@ -58,6 +59,14 @@ void ModelSet::open(const ModelRef& ref) {
               "model '{}': revisions (path@revision) are not supported; amalgam reads local "
               "checkpoints only: download that revision and give its directory",
               ref.path);
+    }
+    const std::string& r = ref.path;
+    if (r.size() > 2 && std::isalpha(static_cast<unsigned char>(r[0])) && r[1] == ':' &&
+        r[2] == '/') {
+      fail_at(where, ref.at,
+              "model '{}' not found: it is a Windows drive path; give the model's path on this "
+              "machine",
+              r);
     }
     fail_at(where, ref.at,
             "model '{}' not found (looked for {}); amalgam reads local checkpoints only: if it is "

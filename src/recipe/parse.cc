@@ -102,6 +102,72 @@ SliceDef parse_slice(const YamlReader& r, const YAML::Node& node, const std::str
   return slice;
 }
 
+// `models:` or `slices:` (under `path`) into the recipe's inputs.
+void parse_inputs(const YamlReader& r, const YamlReader::Entry& e, const std::string& path,
+                  Recipe& recipe) {
+  recipe.inputs_at = e.at;
+  if (e.key == "models") {
+    auto models = r.sequence(e.value, path, "{model: ..., parameters: ...}");
+    for (size_t i = 0; i < models.size(); ++i) {
+      recipe.models.push_back(parse_model_def(r, models[i], fmt::format("{}[{}]", path, i)));
+    }
+  } else {
+    auto slices = r.sequence(e.value, path, "{sources: [...]}");
+    for (size_t i = 0; i < slices.size(); ++i) {
+      recipe.slices.push_back(parse_slice(r, slices[i], fmt::format("{}[{}]", path, i)));
+    }
+  }
+}
+
+// mergekit's form for architectures with several modules (VLMs, encoder-decoders):
+// modules: {NAME: {models|slices, parameters}}. Single-stack decoders have one module,
+// `default`, which means the same as top-level models:/slices:. Returns its parameters.
+ParamMap parse_modules(const YamlReader& r, const YamlReader::Entry& modules, Recipe& recipe) {
+  auto items = r.entries(modules.value, "modules");
+  if (items.empty()) {
+    fail_at(r.where(), modules.at, "modules: is empty; give modules: {{default: {{slices: ...}}}}");
+  }
+  for (const auto& m : items) {
+    if (m.key != "default") {
+      fail_at(r.where(), m.at,
+              "modules: module '{}' is not supported{}; amalgam merges single-stack decoder "
+              "models, whose one module is 'default' (modules: {{default: {{slices: [...]}}}} "
+              "means the same as top-level slices:); multi-module architectures (vision-language, "
+              "encoder-decoder) are not supported yet",
+              m.key, did_you_mean(m.key, {"default"}));
+    }
+  }
+  const std::string path = "modules.default";
+  auto entries = r.entries(items[0].value, path);
+  r.check_keys(entries, {"models", "slices", "parameters"}, path);
+  ParamMap parameters;
+  for (const auto& e : entries) {
+    if (e.value.IsNull()) continue;
+    if (e.key == "parameters") {
+      parameters = r.parameters(e.value, path + ".parameters");
+    } else {
+      parse_inputs(r, e, path + "." + e.key, recipe);
+    }
+  }
+  return parameters;
+}
+
+// Module parameters rank between slice and top-level parameters. A setting is a first-match list
+// of conditions, so the module's conditions followed by the top level's give exactly that
+// precedence, including the fall-through when no module filter matches.
+void add_module_parameters(ParamMap module, ParamMap& top) {
+  for (auto& [key, setting] : module) {
+    auto it = top.find(key);
+    if (it != top.end()) {
+      setting.conditions.insert(setting.conditions.end(), it->second.conditions.begin(),
+                                it->second.conditions.end());
+      it->second = std::move(setting);
+    } else {
+      top.emplace(key, std::move(setting));
+    }
+  }
+}
+
 void parse_tokenizer_source(const YamlReader& r, const YAML::Node& node, Recipe& recipe) {
   if (node.IsNull()) return;
   recipe.tokenizer_at = YamlReader::location(node);
@@ -123,26 +189,26 @@ Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe
   auto items = r.entries(root, "the recipe");
   r.check_keys(items, kTopLevelKeys, "the recipe");
   bool has_method = false;
+  Location top_level_inputs, modules_at;
+  ParamMap module_parameters;
   for (const auto& e : items) {
     const YAML::Node& v = e.value;
     if (e.key == "merge_method") {
       recipe.merge_method = r.string(v, "merge_method");
       recipe.merge_method_at = YamlReader::location(v);
       has_method = true;
-    } else if (e.key == "models") {
+    } else if (e.key == "models" || e.key == "slices") {
       if (v.IsNull()) continue;
-      recipe.inputs_at = e.at;
-      auto models = r.sequence(v, "models", "{model: ..., parameters: ...}");
-      for (size_t i = 0; i < models.size(); ++i) {
-        recipe.models.push_back(parse_model_def(r, models[i], fmt::format("models[{}]", i)));
-      }
-    } else if (e.key == "slices") {
+      parse_inputs(r, e, e.key, recipe);
+      top_level_inputs = e.at;
+    } else if (e.key == "modules") {
       if (v.IsNull()) continue;
-      recipe.inputs_at = e.at;
-      auto slices = r.sequence(v, "slices", "{sources: [...]}");
-      for (size_t i = 0; i < slices.size(); ++i) {
-        recipe.slices.push_back(parse_slice(r, slices[i], fmt::format("slices[{}]", i)));
-      }
+      module_parameters = parse_modules(r, e, recipe);
+      modules_at = e.at;
+    } else if (e.key == "name") {
+      if (v.IsNull()) continue;
+      recipe.name = r.string(v, "name");
+      recipe.name_at = YamlReader::location(v);
     } else if (e.key == "base_model") {
       if (!v.IsNull()) recipe.base_model = r.model_ref(v, "base_model");
     } else if (e.key == "parameters") {
@@ -153,19 +219,23 @@ Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe
       if (!v.IsNull()) recipe.out_dtype = parse_dtype(r, v, "out_dtype");
     } else if (e.key == "tokenizer_source") {
       parse_tokenizer_source(r, v, recipe);
-    } else if (e.key == "tokenizer" || e.key == "chat_template" || e.key == "modules") {
+    } else if (e.key == "tokenizer" || e.key == "chat_template") {
       if (v.IsNull()) continue;
       const char* instead = e.key == "tokenizer"
                                 ? "use tokenizer_source: base (or a model's path) to copy one "
                                   "model's tokenizer when the models share a vocabulary"
-                            : e.key == "chat_template"
-                                ? "remove it: the donor's tokenizer files, chat template included, "
-                                  "are copied as-is"
-                                : "use models: or slices: for single-stack decoder models";
+                                : "remove it: the donor's tokenizer files, chat template included, "
+                                  "are copied as-is";
       fail_at(r.where(), e.at, "'{}' is not supported yet; {}", e.key, instead);
     }
-    // `name` only labels a stage of a multi-stage recipe; a single recipe ignores it.
   }
+  if (modules_at.line > 0 && top_level_inputs.line > 0) {
+    fail_at(r.where(), top_level_inputs,
+            "give the models either at the top level or under 'modules: {{default: ...}}' (line "
+            "{}), not both",
+            modules_at.line);
+  }
+  add_module_parameters(std::move(module_parameters), recipe.parameters);
   if (!has_method) {
     fail_at(r.where(), {}, "missing 'merge_method' (e.g. merge_method: linear)");
   }
@@ -180,30 +250,82 @@ Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe
   return recipe;
 }
 
+struct Document {
+  YAML::Node root;
+  std::string text;
+};
+
+// True for a line that starts a YAML document ("---", alone or followed by a space or comment).
+bool is_document_start(std::string_view line) {
+  return line.starts_with("---") && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' ||
+                                     line[3] == '\r' || line[3] == '#');
+}
+
+// The non-empty documents of the text, each with the lines from its "---" to the next one.
+std::vector<Document> load_documents(const std::string& yaml_text, const std::string& where) {
+  std::vector<YAML::Node> nodes;
+  try {
+    nodes = YAML::LoadAll(yaml_text);
+  } catch (const YAML::Exception& e) {
+    // In double quotes a backslash starts an escape, which Windows paths trip over.
+    const bool escape = e.msg.find("escape") != std::string::npos;
+    fail_at(where, {e.mark.line + 1, e.mark.column + 1}, "malformed YAML: {}{}", e.msg,
+            escape ? " (inside double quotes a backslash starts an escape: write Windows paths "
+                     "with forward slashes or in single quotes)"
+                   : "");
+  }
+  std::vector<size_t> starts = {0};  // byte offsets of the lines that start documents
+  std::vector<int> start_lines = {0};
+  int line = 0;
+  for (size_t pos = 0; pos < yaml_text.size(); ++line) {
+    size_t end = yaml_text.find('\n', pos);
+    if (end == std::string::npos) end = yaml_text.size();
+    if (pos > 0 && is_document_start(std::string_view(yaml_text).substr(pos, end - pos))) {
+      starts.push_back(pos);
+      start_lines.push_back(line);
+    }
+    pos = end + 1;
+  }
+  std::vector<Document> out;
+  for (const auto& node : nodes) {
+    if (node.IsNull()) continue;
+    const int node_line = std::max(0, node.Mark().line);
+    size_t k = 0;
+    while (k + 1 < start_lines.size() && start_lines[k + 1] <= node_line) ++k;
+    const size_t end = k + 1 < starts.size() ? starts[k + 1] : yaml_text.size();
+    out.push_back(Document{node, yaml_text.substr(starts[k], end - starts[k])});
+  }
+  return out;
+}
+
 }  // namespace
 
 Recipe parse_recipe(const std::string& yaml_text, const std::string& where) {
   YamlReader reader(where);
-  std::vector<YAML::Node> documents;
-  try {
-    documents = YAML::LoadAll(yaml_text);
-  } catch (const YAML::Exception& e) {
-    fail_at(where, {e.mark.line + 1, e.mark.column + 1}, "malformed YAML: {}", e.msg);
-  }
-  std::vector<YAML::Node> present;
-  for (const auto& d : documents) {
-    if (!d.IsNull()) present.push_back(d);
-  }
-  if (present.empty()) fail_at(where, {}, "empty recipe");
-  if (present.size() > 1) {
-    fail_at(where, YamlReader::location(present[1]),
-            "multi-stage recipes (several YAML documents separated by ---) are not supported yet; "
-            "run each stage as its own recipe");
+  std::vector<Document> documents = load_documents(yaml_text, where);
+  if (documents.empty()) fail_at(where, {}, "empty recipe");
+  if (documents.size() > 1) {
+    fail_at(where, YamlReader::location(documents[1].root),
+            "multi-stage recipes (several YAML documents separated by ---) run only with "
+            "'amalgam merge', which writes each stage; here, give one stage's recipe");
   }
   Recipe recipe;
   recipe.where = where;
   recipe.text = yaml_text;
-  return parse_document(reader, present[0], std::move(recipe));
+  return parse_document(reader, documents[0].root, std::move(recipe));
+}
+
+std::vector<Recipe> parse_recipe_documents(const std::string& yaml_text, const std::string& where) {
+  YamlReader reader(where);
+  std::vector<Recipe> out;
+  for (auto& d : load_documents(yaml_text, where)) {
+    Recipe recipe;
+    recipe.where = where;
+    recipe.text = std::move(d.text);
+    out.push_back(parse_document(reader, d.root, std::move(recipe)));
+  }
+  if (out.empty()) fail_at(where, {}, "empty recipe");
+  return out;
 }
 
 }  // namespace amalgam::recipe

@@ -46,7 +46,9 @@ enum class TokenizerChoice { kDonor, kBase, kModel };
 
 struct Recipe {
   std::string where;  // the recipe's name in messages (its file name)
-  std::string text;   // the YAML as given
+  std::string text;   // the YAML as given (one document's text for a stage of a multi-stage recipe)
+  std::optional<std::string> name;  // `name:`, which labels a stage of a multi-stage recipe
+  Location name_at;
   std::string merge_method;
   Location merge_method_at;
   std::vector<ModelDef> models;  // exactly one of models / slices is non-empty
@@ -63,5 +65,8 @@ struct Recipe {
 
 // Parses YAML text into a Recipe; checks syntax, keys and value types only (no file access).
 Recipe parse_recipe(const std::string& yaml_text, const std::string& where);
+// Every document of a multi-document text (mergekit-multi's stages separated by ---), each with
+// its own text; locations count lines from the start of the whole text.
+std::vector<Recipe> parse_recipe_documents(const std::string& yaml_text, const std::string& where);
 
 }  // namespace amalgam::recipe

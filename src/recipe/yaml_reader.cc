@@ -1,5 +1,6 @@
 #include "recipe/yaml_reader.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <set>
@@ -241,6 +242,18 @@ ModelRef YamlReader::model_ref(const YAML::Node& node, const std::string& path) 
     fail_at(where_, location(node), "{} must be a model path (a string)", path);
   }
   if (ref.path.empty()) fail_at(where_, ref.at, "{}: empty model path", path);
+  for (char c : ref.path) {
+    if (static_cast<unsigned char>(c) < 0x20) {
+      fail_at(where_, ref.at,
+              "{}: the model path contains a control character (a tab or newline); inside double "
+              "quotes a backslash starts an escape (\\t is a tab): write Windows paths with "
+              "forward slashes or in single quotes",
+              path);
+    }
+  }
+  // Recipes written on Windows separate directories with backslashes, which no one puts in a
+  // file name on the systems amalgam runs on.
+  std::replace(ref.path.begin(), ref.path.end(), '\\', '/');
   return ref;
 }
 
