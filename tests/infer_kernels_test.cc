@@ -2,11 +2,8 @@
 // a plain fp64 product.
 #include <gtest/gtest.h>
 
-#include <atomic>
-#include <chrono>
 #include <cmath>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -157,40 +154,6 @@ TEST(Matmul, ManyJobsEqualSeparateCalls) {
     matmul_many(jobs, x.data(), n);
     EXPECT_EQ(ya, ya2) << n;
     EXPECT_EQ(yb, yb2) << n;
-  }
-}
-
-// Every chunk runs exactly once, on a valid worker index, for many jobs of varied sizes issued
-// back to back (workers alternate between spinning and sleeping), with nested and concurrent
-// callers running inline.
-TEST(ThreadPoolTest, RunsEveryChunkOnceUnderStress) {
-  for (int threads : {1, 2, 3}) {
-    ThreadPool pool(threads);
-    for (int job = 0; job < 3000; ++job) {
-      const int64_t chunks = job % 17;
-      std::vector<std::atomic<int>> hits(static_cast<size_t>(chunks));
-      std::atomic<int> bad_worker{0};
-      pool.run(chunks, [&](int64_t c, int worker) {
-        if (worker < 0 || worker >= threads) ++bad_worker;
-        ++hits[c];
-      });
-      for (int64_t c = 0; c < chunks; ++c) ASSERT_EQ(hits[c].load(), 1) << job << " " << c;
-      ASSERT_EQ(bad_worker.load(), 0);
-      if (job % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    // Nested: a chunk's own run() executes inline.
-    std::atomic<int> inner{0};
-    pool.run(4, [&](int64_t, int) { pool.run(5, [&](int64_t, int) { ++inner; }); });
-    EXPECT_EQ(inner.load(), 20);
-    // Two callers at once: one gets the workers, the other runs inline; both complete.
-    std::atomic<int64_t> sum{0};
-    auto caller = [&] {
-      for (int j = 0; j < 200; ++j) pool.run(8, [&](int64_t c, int) { sum += c; });
-    };
-    std::thread a(caller), b(caller);
-    a.join();
-    b.join();
-    EXPECT_EQ(sum.load(), 2 * 200 * 28);
   }
 }
 

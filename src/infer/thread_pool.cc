@@ -5,12 +5,15 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <utility>
 
 namespace amalgam::infer {
 
 namespace {
 
-thread_local bool t_in_chunk = false;
+// The worker index of the chunk this thread is running, or -1: a run() from inside a chunk
+// runs inline under the same index, so indices stay unique among the threads in chunks.
+thread_local int t_chunk_worker = -1;
 
 std::mutex g_pool_mutex;
 std::unique_ptr<ThreadPool> g_pool;
@@ -35,15 +38,30 @@ void ThreadPool::work(uint32_t generation, int worker) {
   uint64_t cur = claim_.load(std::memory_order_acquire);
   while (true) {
     if (static_cast<uint32_t>(cur >> 32) != generation) return;
+    // claim_ was read with acquire, so job_ holds this generation's count or a later job's, and
+    // a later job exists only once every chunk of this one is done.
+    const uint64_t job = job_.load(std::memory_order_relaxed);
+    if (static_cast<uint32_t>(job >> 32) != generation) return;
     const int64_t chunk = static_cast<int64_t>(cur & 0xffffffffu);
-    if (chunk >= chunks_.load(std::memory_order_relaxed)) return;
+    if (chunk >= static_cast<int64_t>(job & 0xffffffffu)) return;
     if (!claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
-    t_in_chunk = true;
-    call_(ctx_, chunk, worker);
-    t_in_chunk = false;
+    run_chunk(chunk, worker);
     done_.fetch_add(1, std::memory_order_release);
     cur = claim_.load(std::memory_order_acquire);
   }
+}
+
+void ThreadPool::run_chunk(int64_t chunk, int worker) {
+  // After a failure the remaining chunks are skipped, but still counted as done, so that the
+  // caller's wait ends exactly when no thread is inside a chunk any more.
+  if (failed_.load(std::memory_order_relaxed)) return;
+  t_chunk_worker = worker;
+  try {
+    call_(ctx_, chunk, worker);
+  } catch (...) {
+    if (!failed_.exchange(true, std::memory_order_relaxed)) error_ = std::current_exception();
+  }
+  t_chunk_worker = -1;
 }
 
 void ThreadPool::worker_main(int worker) {
@@ -73,23 +91,30 @@ void ThreadPool::worker_main(int worker) {
 
 void ThreadPool::run_erased(int64_t chunks, void* ctx, Call call) {
   if (chunks <= 0) return;
+  if (t_chunk_worker >= 0) {
+    for (int64_t c = 0; c < chunks; ++c) call(ctx, c, t_chunk_worker);
+    return;
+  }
   std::unique_lock<std::mutex> lock(run_mutex_, std::defer_lock);
-  if (workers_.empty() || chunks == 1 || t_in_chunk || chunks >= (int64_t{1} << 32) ||
-      !lock.try_lock()) {
+  if (workers_.empty() || chunks == 1 || chunks >= (int64_t{1} << 32) || !lock.try_lock()) {
     for (int64_t c = 0; c < chunks; ++c) call(ctx, c, 0);
     return;
   }
   ctx_ = ctx;
   call_ = call;
-  chunks_.store(chunks, std::memory_order_relaxed);
+  error_ = nullptr;
+  failed_.store(false, std::memory_order_relaxed);
   done_.store(0, std::memory_order_relaxed);
   const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  job_.store(static_cast<uint64_t>(generation) << 32 | static_cast<uint64_t>(chunks),
+             std::memory_order_relaxed);
   claim_.store(static_cast<uint64_t>(generation) << 32, std::memory_order_release);
   generation_.store(generation);
   if (sleepers_.load() > 0) generation_.notify_all();
   work(generation, 0);
   // Wait for chunks claimed by workers; yield after a short spin so that a worker preempted on
-  // this core can finish.
+  // this core can finish. done_ counts only this job's chunks, each once, so it reaches
+  // `chunks` exactly.
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; done_.load(std::memory_order_acquire) != chunks; ++i) {
     if (i < 64 || std::chrono::steady_clock::now() - start < kCallerSpin) {
@@ -98,6 +123,7 @@ void ThreadPool::run_erased(int64_t chunks, void* ctx, Call call) {
       std::this_thread::yield();
     }
   }
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 }  // namespace amalgam::infer

@@ -4,10 +4,16 @@
 // a machine shared with other processes, a worker that is not scheduled in time simply takes no
 // part, instead of stalling every region of a decode step until it runs again. Idle workers spin
 // for a few tens of microseconds (decode issues jobs back to back) and then sleep.
+//
+// Jobs are numbered (the generation). Every value a worker claims against carries the
+// generation it belongs to, so a worker that was descheduled for a long time and comes back
+// with a finished job's generation can claim nothing: it never runs, or counts as done, a chunk
+// of a later job.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -41,16 +47,24 @@ class ThreadPool {
   void worker_main(int worker);
   // Claims and runs chunks of job `generation` until none are left.
   void work(uint32_t generation, int worker);
+  // Runs one claimed chunk; an exception is kept for the caller.
+  void run_chunk(int64_t chunk, int worker);
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;
-  // The current job. ctx_/call_ are written before the job is published and read only by a
-  // thread that has claimed one of its chunks, so never while they change.
+  // The current job. ctx_/call_/error_ are written before the job is published and read only
+  // by a thread that has claimed one of its chunks, so never while they change (error_ is
+  // written once by the thread that sets failed_, and read by the caller after done_).
   void* ctx_ = nullptr;
   Call call_ = nullptr;
-  std::atomic<int64_t> chunks_{0};
-  std::atomic<uint64_t> claim_{0};  // generation << 32 | next chunk
-  std::atomic<int64_t> done_{0};
+  std::exception_ptr error_;
+  std::atomic<bool> failed_{false};
+  // generation << 32 | chunk count, and generation << 32 | next chunk: a claim is made only if
+  // both carry the worker's generation, so it can never be checked against the count of
+  // another job.
+  std::atomic<uint64_t> job_{0};
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int64_t> done_{0};  // chunks of the current job finished or skipped
   std::atomic<uint32_t> generation_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
