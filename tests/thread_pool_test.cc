@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "infer/matmul.h"
 
 namespace amalgam::infer {
 namespace {
@@ -187,6 +188,23 @@ TEST(ThreadPoolTest, ErrorInAChunkReachesTheCaller) {
     workers_joined = on_worker;
   }
   EXPECT_TRUE(workers_joined);
+}
+
+// The engine's own users: a kernel that fails inside the chunks of a parallel matmul (weights
+// of a type the kernels cannot read) raises an Error in the caller, on both matmul paths.
+TEST(ThreadPoolTest, KernelErrorInAParallelMatmulReachesTheCaller) {
+  Watchdog watchdog(kLimit);
+  set_num_threads(2);
+  const int64_t rows = 1024, cols = 128;  // enough work for the pool, eight row chunks
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols) * 8);
+  const WeightMatrix w{tensor::DType::kF64, bytes.data(), rows, cols};
+  for (int64_t n : {1, 16}) {  // gemv path, blocked sgemm path
+    std::vector<float> x(static_cast<size_t>(n * cols), 1.0f), y(static_cast<size_t>(n * rows));
+    for (int repeat = 0; repeat < 50; ++repeat) {
+      EXPECT_THROW(matmul(w, x.data(), n, y.data()), Error) << n;
+    }
+  }
+  set_num_threads(default_num_threads());
 }
 
 // Pools are made and destroyed with workers spinning, asleep or just woken.

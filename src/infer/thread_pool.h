@@ -31,9 +31,12 @@ class ThreadPool {
 
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls f(chunk, worker) for every chunk in [0, chunks), worker in [0, threads()). Runs
-  // inline when there is one thread, one chunk, when called from inside a chunk, or while
-  // another thread is using the pool.
+  // Calls f(chunk, worker) for every chunk in [0, chunks). `worker`, in [0, threads()), tells
+  // apart the threads that run chunks of this call and of the call around it, if any (the
+  // caller is 0, and so is a second caller that runs inline while the pool is busy). Runs inline
+  // when there is one thread, one chunk, when called from inside a chunk (with that chunk's
+  // worker index), or while another thread is using the pool. If a chunk throws, chunks not yet
+  // started are skipped and the first exception is rethrown here once the started ones are done.
   template <typename F>
   void run(int64_t chunks, F&& f) {
     run_erased(chunks, &f, [](void* ctx, int64_t chunk, int worker) {
@@ -52,9 +55,9 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;
-  // The current job. ctx_/call_/error_ are written before the job is published and read only
-  // by a thread that has claimed one of its chunks, so never while they change (error_ is
-  // written once by the thread that sets failed_, and read by the caller after done_).
+  // The current job. ctx_/call_ are written before the job is published and read only by a
+  // thread that has claimed one of its chunks, so never while they change; error_ is then
+  // written by the one thread that sets failed_, and read by the caller once done_ is complete.
   void* ctx_ = nullptr;
   Call call_ = nullptr;
   std::exception_ptr error_;
