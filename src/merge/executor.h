@@ -13,6 +13,7 @@
 #include <mutex>
 #include <vector>
 
+#include "io/lora.h"
 #include "io/safetensors.h"
 #include "merge/plan.h"
 #include "merge/sink.h"
@@ -27,11 +28,15 @@ class InputSet {
   const io::Checkpoint& open(const std::filesystem::path& path);
   // The checkpoints of plan.models, in that order.
   std::vector<const io::Checkpoint*> open_all(const Plan& plan);
+  // Per plan model, its LoRA adapter (nullptr for none), opened once and checked against the
+  // model's headers.
+  std::vector<const io::LoraAdapter*> adapters(const Plan& plan);
   size_t size() const;
 
  private:
   mutable std::mutex mutex_;
   std::map<std::filesystem::path, std::unique_ptr<io::Checkpoint>> open_;
+  std::map<std::filesystem::path, std::unique_ptr<io::LoraAdapter>> adapters_;
 };
 
 struct ExecuteOptions {
