@@ -495,12 +495,12 @@ TEST_F(RecipeTest, UnsupportedFeaturesSayWhatToDoInstead) {
   EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add@main}]\n"),
               HasSubstr("revisions (path@revision) are not supported"));
   EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add+some/lora}]\n"),
-              HasSubstr("LoRA adapters"));
+              HasSubstr("the LoRA adapter directory 'some/lora' of BASE+LORA does not exist"));
   EXPECT_THAT(
       error("merge_method: linear\nmodels: [{model: {model: {path: $add, revision: v2}}}]\n"),
       HasSubstr("revisions are not supported"));
   EXPECT_THAT(error("merge_method: linear\nmodels: [{model: {model: $add, lora: x}}]\n"),
-              HasSubstr("LoRA adapters are not supported yet"));
+              HasSubstr("no such LoRA adapter directory"));
   EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add, parameters: {weight: 1}}]\n"
                     "tokenizer_source: $rev\n"),
               HasSubstr("is not one of the recipe's models"));

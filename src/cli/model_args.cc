@@ -4,7 +4,9 @@
 
 #include "core/error.h"
 #include "core/json.h"
+#include "eval/model_source.h"
 #include "infer/matmul.h"
+#include "io/lora.h"
 
 namespace amalgam::cli {
 
@@ -17,6 +19,17 @@ const tokenizer::Tokenizer& LoadedModel::require_tokenizer() const {
 
 LoadedModel open_model(const std::string& path, bool tokenizer) {
   LoadedModel m;
+  if (!fs::exists(path)) {
+    if (auto split = io::split_lora_reference(path)) {  // BASE+LORA, applied in RAM
+      eval::ModelLoader loader;
+      eval::LoadedModel loaded = loader.load(path);
+      m.dir = fs::is_directory(split->first) ? fs::path(split->first)
+                                             : fs::path(split->first).parent_path();
+      m.model = std::move(loaded.model);
+      m.tokenizer = std::move(loaded.tokenizer);
+      return m;
+    }
+  }
   m.dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
   m.model = infer::load_model(path);
   if (tokenizer || fs::exists(m.dir / "tokenizer.json")) {

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "io/lora.h"
 #include "merge/finalize.h"
 #include "merge/sink.h"
 #include "recipe/recipe.h"
@@ -33,7 +34,15 @@ const tokenizer::Tokenizer& ModelLoader::tokenizer_of(const fs::path& model_dir)
 
 LoadedModel ModelLoader::load(const fs::path& model_or_recipe) {
   if (!fs::exists(model_or_recipe)) {
-    fail("{}: no such model directory or recipe file", model_or_recipe.string());
+    const std::string ref = model_or_recipe.string();
+    if (io::split_lora_reference(ref)) {
+      // BASE+LORA: the adapter is applied as the base is copied into RAM (a passthrough plan).
+      const std::string recipe = fmt::format("merge_method: passthrough\nmodels:\n  - model: {}\n",
+                                             nlohmann::json(ref).dump());
+      return from_plan(recipe::plan_from_yaml(recipe, ref, {}), ref);
+    }
+    const std::string why = io::explain_lora_reference(ref);
+    fail("{}: no such model directory or recipe file{}{}", ref, why.empty() ? "" : ": ", why);
   }
   if (is_recipe_path(model_or_recipe)) {
     return from_plan(recipe::plan_from_file(model_or_recipe, {}), model_or_recipe.string());

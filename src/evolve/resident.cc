@@ -26,6 +26,9 @@ std::string signature(const merge::Plan& plan, const merge::PlanEntry& e, uint64
   for (const auto& [k, v] : e.global) s += fmt::format("{}={:a},", k, v);
   for (const auto& src : e.sources) {
     s += fmt::format("|{}:{}", plan.models[src.model].string(), src.tensor);
+    if (auto a = plan.adapters.find(src.model); a != plan.adapters.end()) {
+      s += "+" + a->second.string();
+    }
     for (const auto& [k, v] : src.params) s += fmt::format(",{}={:a}", k, v);
   }
   return s;
@@ -69,7 +72,8 @@ std::unique_ptr<infer::Model> ResidentModel::update(const merge::Plan& plan) {
       const bool exact_compute = !plan.compute_dtype ||
                                  *plan.compute_dtype == tensor::DType::kF32 ||
                                  *plan.compute_dtype == v.dtype;
-      const bool copy = e.passthrough_bytes || (method && method->copies_input(e));
+      const bool adapted = plan.adapters.count(e.sources[0].model) > 0;  // BASE+LORA
+      const bool copy = !adapted && (e.passthrough_bytes || (method && method->copies_input(e)));
       if (copy && v.dtype == e.out_dtype && v.shape == e.shape && exact_compute) {
         views.emplace(e.name, v);
         ++last_.aliased;

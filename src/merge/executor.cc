@@ -51,6 +51,25 @@ std::vector<const io::Checkpoint*> InputSet::open_all(const Plan& plan) {
   return out;
 }
 
+std::vector<const io::LoraAdapter*> InputSet::adapters(const Plan& plan) {
+  std::vector<const io::LoraAdapter*> out(plan.models.size(), nullptr);
+  for (const auto& [model, dir] : plan.adapters) {
+    AMALGAM_CHECK(model < plan.models.size(), "internal: adapter of a model the plan lacks");
+    const io::Checkpoint& base = open(plan.models[model]);
+    std::error_code ec;
+    fs::path key = fs::weakly_canonical(dir, ec);
+    if (ec) key = fs::absolute(dir);
+    std::lock_guard lock(mutex_);
+    auto it = adapters_.find(key);
+    if (it == adapters_.end()) {
+      it = adapters_.emplace(key, std::make_unique<io::LoraAdapter>(dir)).first;
+    }
+    it->second->check_base(base);
+    out[model] = it->second.get();
+  }
+  return out;
+}
+
 size_t InputSet::size() const {
   std::lock_guard lock(mutex_);
   return open_.size();
@@ -71,7 +90,21 @@ struct Source {
   tensor::TensorView view;
   const io::SafetensorsFile* shard;
   const io::TensorInfo* info;
+  std::unique_ptr<io::LoraDelta> delta;  // LoRA update added to the rows read, if any
 };
+
+// A LoRA adapter on the input ("BASE+LORA") replaces the tensor's bytes (modules_to_save) and/or
+// adds a low-rank update to its rows as they are read.
+void apply_adapter(const io::LoraAdapter& adapter, Source& s) {
+  const io::LoraTensor* t = adapter.find(*s.tensor);
+  if (!t) return;
+  if (t->replacement) {
+    s.view = adapter.file().view(*t->replacement);
+    s.shard = &adapter.file();
+    s.info = t->replacement;
+  }
+  if (t->has_update()) s.delta = std::make_unique<io::LoraDelta>(adapter, *t);
+}
 
 std::string describe_sources(const PlanEntry& e, const std::vector<Source>& sources) {
   std::string out;
@@ -135,7 +168,9 @@ class EntryReader : public TensorReader {
         done += len;
       }
     }
-    if (compute_ && *compute_ != tensor::DType::kF32 && *compute_ != s.view.dtype) {
+    if (s.delta) add_delta(*s.delta, begin, n, dst);
+    // A LoRA-updated input no longer holds values of its stored dtype: round it too.
+    if (compute_ && *compute_ != tensor::DType::kF32 && (*compute_ != s.view.dtype || s.delta)) {
       tensor::round_through(*compute_, dst, n);
     }
     if (release_pages_ && !scattered && to - window_start_[input] >= kWindowBytes) {
@@ -147,6 +182,16 @@ class EntryReader : public TensorReader {
  private:
   static constexpr uint64_t kWindowBytes = uint64_t{4} << 20;
   static constexpr uint64_t kScatteredBytes = uint64_t{256} << 10;
+
+  // Output element (row, col) is the input's (row, col) also when an embedding is cropped.
+  void add_delta(const io::LoraDelta& delta, size_t begin, size_t n, float* dst) const {
+    for (size_t done = 0; done < n;) {
+      const size_t at = begin + done;
+      const size_t len = std::min(cols_ - at % cols_, n - done);
+      delta.add(at / cols_, at % cols_, len, dst + done);
+      done += len;
+    }
+  }
 
   void decode(const Source& s, size_t at, size_t n, float* dst, bool scattered) const {
     const size_t esize = tensor::dtype_size(s.view.dtype);
@@ -186,10 +231,12 @@ struct Scratch {
 
 class Executor {
  public:
-  Executor(const Plan& plan, std::vector<const io::Checkpoint*> inputs, TensorSink& sink,
+  Executor(const Plan& plan, std::vector<const io::Checkpoint*> inputs,
+           std::vector<const io::LoraAdapter*> adapters, TensorSink& sink,
            const ExecuteOptions& options)
       : plan_(plan),
         inputs_(std::move(inputs)),
+        adapters_(std::move(adapters)),
         sink_(sink),
         options_(options),
         method_(method_or_fail(plan.method)) {}
@@ -250,7 +297,8 @@ class Executor {
     for (const auto& s : e.sources) {
       const io::Checkpoint* ckpt = inputs_[s.model];
       sources.push_back({ckpt, &s.tensor, ckpt->view(s.tensor), &ckpt->shard_of(s.tensor),
-                         &ckpt->info(s.tensor)});
+                         &ckpt->info(s.tensor), nullptr});
+      if (adapters_[s.model]) apply_adapter(*adapters_[s.model], sources.back());
       read += sources.back().view.nbytes();
       core::prefetch_mapped_pages(sources.back().view.data, sources.back().view.nbytes());
     }
@@ -272,7 +320,7 @@ class Executor {
   // byte for byte.
   bool copies_bytes(const PlanEntry& e, const std::vector<Source>& sources) const {
     if (e.passthrough_bytes) return true;
-    if (sources.size() != 1 || !method_.copies_input(e)) return false;
+    if (sources.size() != 1 || sources[0].delta || !method_.copies_input(e)) return false;
     const tensor::TensorView& v = sources[0].view;
     const bool exact_compute = !plan_.compute_dtype ||
                                *plan_.compute_dtype == tensor::DType::kF32 ||
@@ -350,6 +398,7 @@ class Executor {
 
   const Plan& plan_;
   std::vector<const io::Checkpoint*> inputs_;
+  std::vector<const io::LoraAdapter*> adapters_;
   TensorSink& sink_;
   const ExecuteOptions& options_;
   const MergeMethod& method_;
@@ -424,8 +473,9 @@ void validate_plan(const Plan& plan, const std::vector<const io::Checkpoint*>& i
 ExecuteStats execute(const Plan& plan, InputSet& inputs, TensorSink& sink,
                      const ExecuteOptions& options) {
   std::vector<const io::Checkpoint*> checkpoints = inputs.open_all(plan);
+  std::vector<const io::LoraAdapter*> adapters = inputs.adapters(plan);
   validate_plan(plan, checkpoints);
-  return Executor(plan, std::move(checkpoints), sink, options).run();
+  return Executor(plan, std::move(checkpoints), std::move(adapters), sink, options).run();
 }
 
 }  // namespace amalgam::merge

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "io/hf_config.h"
+#include "io/lora.h"
 #include "io/safetensors.h"
 #include "merge/plan.h"
 #include "merge/sink.h"
@@ -31,12 +32,16 @@ class InputSet {
   io::ModelConfig config(const std::filesystem::path& dir);
   // The checkpoints of plan.models, in that order.
   std::vector<const io::Checkpoint*> open_all(const Plan& plan);
+  // Per plan model, its LoRA adapter (nullptr for none), opened once and checked against the
+  // model's headers.
+  std::vector<const io::LoraAdapter*> adapters(const Plan& plan);
   size_t size() const;
 
  private:
   mutable std::mutex mutex_;
   std::map<std::filesystem::path, std::shared_ptr<const io::Checkpoint>> open_;
   std::map<std::filesystem::path, io::ModelConfig> configs_;
+  std::map<std::filesystem::path, std::unique_ptr<io::LoraAdapter>> adapters_;
 };
 
 struct ExecuteOptions {

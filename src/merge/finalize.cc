@@ -57,12 +57,12 @@ std::string model_card(const Plan& plan, const fs::path& dir,
       title);
   out += fmt::format("This model was merged using the {} merge method", method_phrase(method));
   if (plan.base_model && method.card_names_base) {
-    out += fmt::format(" using `{}` as a base", plan.models[*plan.base_model].string());
+    out += fmt::format(" using `{}` as a base", model_name(plan, *plan.base_model));
   }
   out += ".\n\n### Models merged\n\nThe following models were included in the merge:\n";
   for (size_t m = 0; m < plan.models.size(); ++m) {
     if (plan.base_model && m == *plan.base_model && method.card_names_base) continue;
-    out += fmt::format("- `{}`\n", plan.models[m].string());
+    out += fmt::format("- `{}`\n", model_name(plan, m));
   }
   out += fmt::format("\nOutput: {} layers, {} weights.\n", plan.num_layers,
                      tensor::torch_dtype_name(plan.out_dtype));
@@ -79,7 +79,7 @@ std::string model_card(const Plan& plan, const fs::path& dir,
         "\n### Provenance\n\nInput files and their sha256:\n\n"
         "| model | file | bytes | sha256 |\n|---|---|---:|---|\n";
     for (const auto& d : digests) {
-      out += fmt::format("| `{}` | `{}` | {} | `{}` |\n", plan.models[d.model].string(),
+      out += fmt::format("| `{}` | `{}` | {} | `{}` |\n", model_name(plan, d.model),
                          d.file.filename().string(), d.bytes, d.sha256);
     }
   }
@@ -172,6 +172,13 @@ OutputSummary write_model(const Plan& plan, InputSet& inputs, const fs::path& ou
       digests.push_back({m, shard->path(), shard->file_size(), ""});
       files.push_back(shard->path());
     }
+  }
+  for (const auto& [m, dir] : plan.adapters) {
+    const fs::path file = dir / io::kAdapterWeightsFile;
+    std::error_code size_ec;
+    const uint64_t bytes = fs::file_size(file, size_ec);
+    digests.push_back({m, file, size_ec ? 0 : bytes, ""});
+    files.push_back(file);
   }
   std::optional<ProvenanceHasher> hasher;
   if (options.model_card) hasher.emplace(files);

@@ -39,6 +39,9 @@ struct PlanEntry {
 struct Plan {
   std::string method;                           // registry name, e.g. "ties"
   std::vector<std::filesystem::path> models;    // distinct input checkpoints
+  // LoRA adapters (PEFT directories) applied to input models as their tensors are read: model
+  // index -> adapter. mergekit's "BASE+LORA" is models[i] = BASE with adapters[i] = LORA.
+  std::map<size_t, std::filesystem::path> adapters;
   std::optional<size_t> base_model;             // index into models
   size_t donor = 0;                             // model whose config/tokenizer is copied
   std::vector<PlanEntry> entries;               // in output order
@@ -49,5 +52,15 @@ struct Plan {
   // Tokenizer donor: index into models (copied as-is), or nullopt for the config donor.
   std::optional<size_t> tokenizer_source;
 };
+
+// Model i as a recipe names it: its path, or "BASE+LORA" when an adapter applies to it.
+inline std::string model_name(const Plan& plan, size_t i) {
+  std::string name = plan.models.at(i).string();
+  if (auto it = plan.adapters.find(i); it != plan.adapters.end()) {
+    name += '+';
+    name += it->second.string();
+  }
+  return name;
+}
 
 }  // namespace amalgam::merge

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/log.h"
+#include "io/lora.h"
 
 namespace amalgam::recipe {
 
@@ -21,18 +22,25 @@ ModelSet::ModelSet(const Recipe& recipe, const PlanOptions& options)
   }
 }
 
-fs::path ModelSet::resolve(const ModelRef& ref) const {
-  fs::path p(ref.path);
-  if (p.is_relative()) p = options_.base_dir / p;
-  std::error_code ec;
-  fs::path canonical = fs::weakly_canonical(fs::absolute(p), ec);
-  return ec ? fs::absolute(p).lexically_normal() : canonical;
+std::pair<fs::path, fs::path> ModelSet::resolve(const ModelRef& ref) const {
+  auto absolute = [&](const std::string& path) {
+    fs::path p(path);
+    if (p.is_relative()) p = options_.base_dir / p;
+    std::error_code ec;
+    fs::path canonical = fs::weakly_canonical(fs::absolute(p), ec);
+    return ec ? fs::absolute(p).lexically_normal() : canonical;
+  };
+  if (ref.lora) return {absolute(ref.path), absolute(*ref.lora)};
+  if (auto split = io::split_lora_reference(ref.path, options_.base_dir)) {
+    return {absolute(split->first), absolute(split->second)};
+  }
+  return {absolute(ref.path), {}};
 }
 
 std::optional<size_t> ModelSet::find(const ModelRef& ref) const {
-  const fs::path path = resolve(ref);
+  const auto [path, lora] = resolve(ref);
   for (size_t i = 0; i < models_.size(); ++i) {
-    if (models_[i].path == path) return i;
+    if (models_[i].path == path && models_[i].lora == lora) return i;
   }
   return std::nullopt;
 }
@@ -46,13 +54,12 @@ size_t ModelSet::index(const ModelRef& ref) const {
 
 void ModelSet::open(const ModelRef& ref) {
   const std::string& where = recipe_.where;
-  const fs::path path = resolve(ref);
+  const auto [path, lora] = resolve(ref);
   if (!fs::exists(path)) {
-    if (ref.path.find('+') != std::string::npos) {
-      fail_at(where, ref.at,
-              "model '{}': LoRA adapters (path+lora) are not supported yet; merge the adapter "
-              "into its base model first and give that directory",
-              ref.path);
+    const std::string lora_problem =
+        ref.lora ? "" : io::explain_lora_reference(ref.path, options_.base_dir);
+    if (!lora_problem.empty() && ref.path.find('@') == std::string::npos) {
+      fail_at(where, ref.at, "model '{}' not found: {}", ref.path, lora_problem);
     }
     if (ref.path.find('@') != std::string::npos) {
       fail_at(where, ref.at,
@@ -77,13 +84,22 @@ void ModelSet::open(const ModelRef& ref) {
   if (find(ref)) return;
   InputModel m;
   m.path = path;
-  m.name = ref.path;
+  m.lora = lora;
+  m.name = ref.lora ? ref.path + "+" + *ref.lora : ref.path;
   m.at = ref.at;
   try {
     m.checkpoint = options_.inputs ? options_.inputs->share(path)
                                    : std::make_shared<const io::Checkpoint>(path);
   } catch (const Error& e) {
     fail_at(where, ref.at, "model '{}': {}", ref.path, e.what());
+  }
+  if (!lora.empty()) {
+    // Checked here, before any weight is read; the executor applies it.
+    try {
+      io::LoraAdapter(lora).check_base(*m.checkpoint);
+    } catch (const Error& e) {
+      fail_at(where, ref.at, "model '{}': {}", m.name, e.what());
+    }
   }
   try {
     m.config = options_.inputs ? options_.inputs->config(m.checkpoint->directory())

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "arch/architecture.h"
@@ -18,6 +19,7 @@ namespace amalgam::recipe {
 
 struct InputModel {
   std::filesystem::path path;  // absolute, normalised
+  std::filesystem::path lora;  // LoRA adapter applied to it ("path+lora"), or empty
   std::string name;            // as the recipe spells it, for messages
   Location at;                 // its first mention in the recipe
   std::shared_ptr<const io::Checkpoint> checkpoint;
@@ -46,7 +48,8 @@ class ModelSet {
   const arch::Architecture& architecture() const { return arch_; }
 
  private:
-  std::filesystem::path resolve(const ModelRef& ref) const;
+  // The checkpoint and LoRA adapter (empty if none) a reference names, absolute.
+  std::pair<std::filesystem::path, std::filesystem::path> resolve(const ModelRef& ref) const;
   void open(const ModelRef& ref);
 
   const Recipe& recipe_;

@@ -239,7 +239,10 @@ merge::Plan PlanBuilder::build() {
   const std::vector<NormalSlice> slices = normalize_slices(recipe_, *models_, base, *method_);
 
   plan_.method = std::string(method_->name());
-  for (size_t i = 0; i < models_->size(); ++i) plan_.models.push_back((*models_)[i].path);
+  for (size_t i = 0; i < models_->size(); ++i) {
+    plan_.models.push_back((*models_)[i].path);
+    if (!(*models_)[i].lora.empty()) plan_.adapters[i] = (*models_)[i].lora;
+  }
   plan_.base_model = base;
   plan_.donor = donor;
   plan_.compute_dtype = recipe_.dtype;

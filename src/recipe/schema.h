@@ -14,10 +14,13 @@
 
 namespace amalgam::recipe {
 
-// A local checkpoint: a model directory or a .safetensors file. Hub ids, revisions (path@rev)
-// and LoRA adapters (path+lora) are refused at parse time.
+// A local checkpoint: a model directory or a .safetensors file, optionally with a PEFT LoRA
+// adapter applied to it ("path+lora", or the dict form's `lora:`; the string form is split when
+// the models are opened, since a directory name may hold '+'). Hub ids and revisions (path@rev)
+// are refused.
 struct ModelRef {
   std::string path;
+  std::optional<std::string> lora;  // the dict form's `lora:`
   std::optional<std::string> override_architecture;
   Location at;
 };

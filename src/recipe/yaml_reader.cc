@@ -228,12 +228,22 @@ ModelRef YamlReader::model_ref(const YAML::Node& node, const std::string& path) 
           ref.path = string(e.value, p);
         }
       } else if (e.key == "lora") {
-        if (!e.value.IsNull()) {
-          fail_at(where_, e.at,
-                  "{}: LoRA adapters are not supported yet; merge the adapter into its base model "
-                  "first and give that directory",
-                  p);
+        if (e.value.IsMap()) {  // {path, revision}, as `model:`
+          auto inner = entries(e.value, p);
+          check_keys(inner, {"path", "revision"}, p);
+          for (const auto& i : inner) {
+            if (i.key == "path") ref.lora = string(i.value, p + ".path");
+            if (i.key == "revision" && !i.value.IsNull()) {
+              fail_at(where_, i.at,
+                      "{}.revision: revisions are not supported; amalgam reads local adapters "
+                      "only: download that revision and give its directory as the path",
+                      p);
+            }
+          }
+        } else if (!e.value.IsNull()) {
+          ref.lora = string(e.value, p);
         }
+        if (ref.lora && ref.lora->empty()) fail_at(where_, e.at, "{}: empty adapter path", p);
       } else {
         if (!e.value.IsNull()) ref.override_architecture = string(e.value, p);
       }
