@@ -95,9 +95,9 @@ class SearchRun {
     elapsed_before_ = state.is_null() ? 0.0 : state.value("elapsed", 0.0);
     for (; stage < stages; ++stage) {
       const bool this_ps = ps && stage == 0;
-      const int64_t budget = stages == 2 ? (stage == 0 ? config_.max_evaluations / 2
-                                                       : config_.max_evaluations)
-                                         : config_.max_evaluations;
+      // PS+DFS: the PS stage gets half the budget, the DFS stage what is left.
+      const int64_t budget =
+          stages == 2 && stage == 0 ? config_.max_evaluations / 2 : config_.max_evaluations;
       std::unique_ptr<Genome> genome =
           this_ps ? std::unique_ptr<Genome>(std::make_unique<PsGenome>(config_, ps_models()))
                   : std::unique_ptr<Genome>(std::make_unique<DfsGenome>(config_, dfs_models()));
@@ -330,7 +330,7 @@ class SearchRun {
                  genome.size(), es.population_size(), budget,
                  comm_.size() > 1 ? fmt::format(", {} ranks", comm_.size()) : std::string());
     }
-    while (stage_evaluations_ < budget) {
+    while (stage_evaluations_ < budget && evaluations_ < config_.max_evaluations) {
       if (options_.pause_after_generations > 0 &&
           generations_here_ >= options_.pause_after_generations) {
         paused_ = stopped_ = true;
