@@ -171,6 +171,15 @@ class TokenizerMergeTest : public ::testing::Test {
                   {.unused = {"<UNUSED_0>", "<UNUSED_1>", "<UNUSED_2>", "<UNUSED_3>"}});
     write_variant(path("swapped"), {.perturb = 0.02, .swap = std::pair<int64_t, int64_t>{10, 20}});
     write_variant(path("base-tied"), {.tied = true});
+    write_variant(path("base-dec"), {});
+    testing::write_file(path("base-dec") / "tokenizer_config.json", R"({
+  "added_tokens_decoder": {
+    "0": {"content": "<s>", "lstrip": false, "normalized": false, "rstrip": false,
+          "single_word": false, "special": true}
+  },
+  "bos_token": "<s>",
+  "eos_token": "</s>"
+})");
     write_variant(path("chatml-tied"),
                   {.chat = {"<|im_start|>", "<|im_end|>"}, .perturb = 0.01, .tied = true});
   }
@@ -185,8 +194,8 @@ class TokenizerMergeTest : public ::testing::Test {
   // Runs `amalgam merge` on `yaml` ($NAME replaced by a model path); returns the output.
   fs::path merge(const std::string& yaml, const std::string& name = "out") {
     std::string text = yaml;
-    for (const char* m :
-         {"base-tied", "chatml-tied", "chatml2", "chatml", "padded", "swapped", "base"}) {
+    for (const char* m : {"base-tied", "base-dec", "chatml-tied", "chatml2", "chatml", "padded",
+                          "swapped", "base"}) {
       const std::string key = std::string("$") + m;
       for (size_t at; (at = text.find(key)) != std::string::npos;) {
         text.replace(at, key.size(), path(m).string());
@@ -272,6 +281,23 @@ tokenizer_source: union
   EXPECT_EQ(ids.front(), kVocab);
   EXPECT_EQ(ids.back(), kVocab + 1);
   EXPECT_EQ(encode(out, "user hi"), encode(path("base"), "user hi"));
+}
+
+TEST_F(TokenizerMergeTest, TokenizerConfigListsTheNewAddedTokens) {
+  const fs::path out = merge(R"(merge_method: linear
+base_model: $base-dec
+models:
+  - {model: $base-dec, parameters: {weight: 0.5}}
+  - {model: $chatml, parameters: {weight: 0.5}}
+tokenizer_source: union
+)");
+  const nlohmann::json config = json_file(out / "tokenizer_config.json");
+  EXPECT_EQ(config["bos_token"], "<s>");
+  const nlohmann::json& decoder = config["added_tokens_decoder"];
+  EXPECT_EQ(decoder.size(), 5u);
+  EXPECT_EQ(decoder["1024"]["content"], "<|im_start|>");
+  EXPECT_EQ(decoder["1025"]["special"], true);
+  EXPECT_EQ(tokenizer::Tokenizer::from_directory(out).bos_id(), 0);
 }
 
 TEST_F(TokenizerMergeTest, TokensBeyondVocabSizeAreLeftOut) {

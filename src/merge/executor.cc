@@ -149,6 +149,15 @@ class EntryReader : public TensorReader {
       done += len;
     }
     if (compute_ && *compute_ != tensor::DType::kF32) tensor::round_through(*compute_, dst, n);
+    // Rows are read mostly in order: drop the pages behind, a window at a time, as read() does.
+    if (!release_pages_) return;
+    for (size_t s = 0; s < touched_.size(); ++s) {
+      auto& [lo, hi] = touched_[s];
+      if (hi > lo && hi - lo >= kWindowBytes) {
+        core::release_mapped_pages(sources_[s].view.data + lo, hi - lo);
+        lo = hi = 0;
+      }
+    }
   }
 
   // Output row `r` of a mapped source: the mean of its picks (zeros for none); a padding row is
@@ -177,9 +186,16 @@ class EntryReader : public TensorReader {
     std::fill(out, out + cols_, 0.0f);
     if (first == last) return;
     pick_.resize(cols_);
+    touched_.resize(sources_.size());
     for (uint32_t k = first; k < last; ++k) {
       const RowPick& p = map.picks[k];
-      decode(sources_[p.source], static_cast<size_t>(p.row) * cols_, cols_, pick_.data(), false);
+      const Source& s = sources_[p.source];
+      decode(s, static_cast<size_t>(p.row) * cols_, cols_, pick_.data(), false);
+      const uint64_t esize = tensor::dtype_size(s.view.dtype);
+      const uint64_t from = static_cast<uint64_t>(p.row) * cols_ * esize, to = from + cols_ * esize;
+      auto& [lo, hi] = touched_[p.source];
+      lo = hi > lo ? std::min(lo, from) : from;
+      hi = std::max(hi, to);
       for (size_t c = 0; c < cols_; ++c) out[c] += pick_[c];
     }
     if (last - first > 1) {
@@ -215,6 +231,7 @@ class EntryReader : public TensorReader {
   mutable std::vector<uint8_t> buffer_;
   mutable std::vector<float> row_, pick_;            // mapped embedding rows
   mutable std::vector<std::vector<float>> padding_;  // per input: its padding row, once known
+  mutable std::vector<std::pair<uint64_t, uint64_t>> touched_;  // per input: bytes read, unreleased
   size_t numel_ = 0, cols_ = 1, chunk_ = 1;
 };
 
