@@ -15,6 +15,7 @@
 
 #include "core/fs.h"
 #include "core/half.h"
+#include "eval/model_source.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
 #include "recipe/recipe.h"
@@ -281,6 +282,12 @@ tokenizer_source: union
   EXPECT_EQ(ids.front(), kVocab);
   EXPECT_EQ(ids.back(), kVocab + 1);
   EXPECT_EQ(encode(out, "user hi"), encode(path("base"), "user hi"));
+
+  // The same recipe merged in memory (amalgam eval / evolve) has the built vocabulary too.
+  eval::ModelLoader loader(2);
+  const eval::LoadedModel m = loader.load(dir_->path() / "out.yaml");
+  EXPECT_EQ(m.tokenizer.encode("<|im_end|>", false), std::vector<int32_t>{kVocab + 1});
+  EXPECT_EQ(m.tokenizer.vocab_size(), kVocab + 2);
 }
 
 TEST_F(TokenizerMergeTest, TokenizerConfigListsTheNewAddedTokens) {
