@@ -487,11 +487,6 @@ TEST_F(RecipeTest, SchemaErrorsNameTheKeyAndLine) {
 }
 
 TEST_F(RecipeTest, UnsupportedFeaturesSayWhatToDoInstead) {
-  EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add}]\ntokenizer_source: union\n"),
-              ::testing::AllOf(HasSubstr("union is not supported yet"),
-                               HasSubstr("tokenizer_source: base")));
-  EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add}]\ntokenizer: {source: union}\n"),
-              HasSubstr("'tokenizer' is not supported yet"));
   EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add@main}]\n"),
               HasSubstr("revisions (path@revision) are not supported"));
   EXPECT_THAT(error("merge_method: linear\nmodels: [{model: $add+some/lora}]\n"),

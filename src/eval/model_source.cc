@@ -81,7 +81,12 @@ LoadedModel ModelLoader::from_plan(const merge::Plan& plan, const std::string& n
   io::ModelConfig config = io::parse_model_config(config_json, name);
   const fs::path tokenizer_dir =
       plan.tokenizer_source ? model_directory(plan.models.at(*plan.tokenizer_source)) : donor;
-  LoadedModel out{name, nullptr, tokenizer_of(tokenizer_dir)};
+  // A vocabulary the recipe built (tokenizer merging) exists only in the plan.
+  LoadedModel out{name, nullptr,
+                  plan.built_tokenizer
+                      ? tokenizer::Tokenizer::from_json(plan.built_tokenizer->tokenizer_json,
+                                                        name + ": merged tokenizer.json")
+                      : tokenizer_of(tokenizer_dir)};
   try {
     out.model = std::make_unique<infer::Model>(std::move(config), sink->views(), sink);
   } catch (const Error& e) {

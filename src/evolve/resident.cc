@@ -72,7 +72,8 @@ std::unique_ptr<infer::Model> ResidentModel::update(const merge::Plan& plan) {
       const bool exact_compute = !plan.compute_dtype ||
                                  *plan.compute_dtype == tensor::DType::kF32 ||
                                  *plan.compute_dtype == v.dtype;
-      const bool adapted = plan.adapters.count(e.sources[0].model) > 0;  // BASE+LORA
+      // A LoRA adapter or a tokenizer merge's row map changes what is read: no alias then.
+      const bool adapted = plan.adapters.count(e.sources[0].model) > 0 || e.sources[0].rows;
       const bool copy = !adapted && (e.passthrough_bytes || (method && method->copies_input(e)));
       if (copy && v.dtype == e.out_dtype && v.shape == e.shape && exact_compute) {
         views.emplace(e.name, v);

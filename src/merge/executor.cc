@@ -147,6 +147,9 @@ class EntryReader : public TensorReader {
 
   void read(size_t input, size_t begin, size_t n, float* dst) const override {
     if (n == 0) return;
+    if (const RowMap* map = entry_.sources[input].rows.get()) {
+      return read_mapped(input, *map, begin, n, dst);
+    }
     const Source& s = sources_[input];
     const size_t in_cols = row_length(s.view.shape);
     const size_t esize = tensor::dtype_size(s.view.dtype);
@@ -193,6 +196,78 @@ class EntryReader : public TensorReader {
     }
   }
 
+  // An embedding mapped to the output vocabulary (tokenizer merging): every output row is built
+  // from the input rows the map names when it is read, so no permuted matrix is ever held.
+  void read_mapped(size_t input, const RowMap& map, size_t begin, size_t n, float* dst) const {
+    if (sources_[input].delta) {
+      fail("tensor '{}': a LoRA adapter on an embedding whose rows a tokenizer merge remaps is "
+           "not supported; merge the adapter into its model first",
+           entry_.name);
+    }
+    row_.resize(cols_);
+    for (size_t done = 0; done < n;) {
+      const size_t at = begin + done, col = at % cols_;
+      const size_t len = std::min(cols_ - col, n - done);
+      mapped_row(input, map, static_cast<int64_t>(at / cols_), row_.data());
+      std::copy(row_.data() + col, row_.data() + col + len, dst + done);
+      done += len;
+    }
+    if (compute_ && *compute_ != tensor::DType::kF32) tensor::round_through(*compute_, dst, n);
+    // Rows are read mostly in order: drop the pages behind, a window at a time, as read() does.
+    if (!release_pages_) return;
+    for (size_t s = 0; s < touched_.size(); ++s) {
+      auto& [lo, hi] = touched_[s];
+      if (hi > lo && hi - lo >= kWindowBytes) {
+        core::release_mapped_pages(sources_[s].view.data + lo, hi - lo);
+        lo = hi = 0;
+      }
+    }
+  }
+
+  // Output row `r` of a mapped source: the mean of its picks (zeros for none); a padding row is
+  // the mean of the real rows (computed once per source).
+  void mapped_row(size_t input, const RowMap& map, int64_t r, float* out) const {
+    if (r >= map.real_rows) {
+      if (padding_.size() <= input) padding_.resize(sources_.size());
+      std::vector<float>& mean = padding_[input];
+      if (mean.empty()) {
+        std::vector<double> sum(cols_, 0.0);
+        std::vector<float> row(cols_);
+        for (int64_t i = 0; i < map.real_rows; ++i) {
+          mapped_row(input, map, i, row.data());
+          for (size_t c = 0; c < cols_; ++c) sum[c] += row[c];
+        }
+        mean.resize(cols_);
+        for (size_t c = 0; c < cols_; ++c) {
+          mean[c] = map.real_rows > 0 ? static_cast<float>(sum[c] / map.real_rows) : 0.0f;
+        }
+      }
+      std::copy(mean.begin(), mean.end(), out);
+      return;
+    }
+    const uint32_t first = map.offsets[static_cast<size_t>(r)],
+                   last = map.offsets[static_cast<size_t>(r) + 1];
+    std::fill(out, out + cols_, 0.0f);
+    if (first == last) return;
+    pick_.resize(cols_);
+    touched_.resize(sources_.size());
+    for (uint32_t k = first; k < last; ++k) {
+      const RowPick& p = map.picks[k];
+      const Source& s = sources_[p.source];
+      decode(s, static_cast<size_t>(p.row) * cols_, cols_, pick_.data(), false);
+      const uint64_t esize = tensor::dtype_size(s.view.dtype);
+      const uint64_t from = static_cast<uint64_t>(p.row) * cols_ * esize, to = from + cols_ * esize;
+      auto& [lo, hi] = touched_[p.source];
+      lo = hi > lo ? std::min(lo, from) : from;
+      hi = std::max(hi, to);
+      for (size_t c = 0; c < cols_; ++c) out[c] += pick_[c];
+    }
+    if (last - first > 1) {
+      const float inv = 1.0f / static_cast<float>(last - first);
+      for (size_t c = 0; c < cols_; ++c) out[c] *= inv;
+    }
+  }
+
   void decode(const Source& s, size_t at, size_t n, float* dst, bool scattered) const {
     const size_t esize = tensor::dtype_size(s.view.dtype);
     const uint8_t* bytes = s.view.data + at * esize;
@@ -218,6 +293,9 @@ class EntryReader : public TensorReader {
   // yet released start.
   mutable std::vector<uint64_t> next_, window_start_;
   mutable std::vector<uint8_t> buffer_;
+  mutable std::vector<float> row_, pick_;            // mapped embedding rows
+  mutable std::vector<std::vector<float>> padding_;  // per input: its padding row, once known
+  mutable std::vector<std::pair<uint64_t, uint64_t>> touched_;  // per input: bytes read, unreleased
   size_t numel_ = 0, cols_ = 1, chunk_ = 1;
 };
 
@@ -320,7 +398,10 @@ class Executor {
   // byte for byte.
   bool copies_bytes(const PlanEntry& e, const std::vector<Source>& sources) const {
     if (e.passthrough_bytes) return true;
-    if (sources.size() != 1 || sources[0].delta || !method_.copies_input(e)) return false;
+    if (sources.size() != 1 || sources[0].delta || !method_.copies_input(e) ||
+        e.sources[0].rows) {
+      return false;
+    }
     const tensor::TensorView& v = sources[0].view;
     const bool exact_compute = !plan_.compute_dtype ||
                                *plan_.compute_dtype == tensor::DType::kF32 ||
@@ -416,6 +497,36 @@ class Executor {
 
 }  // namespace
 
+namespace {
+
+// Every row a map names exists, in an input as wide as the output.
+void check_row_map(const PlanEntry& e, const RowMap& map,
+                   const std::vector<const io::Checkpoint*>& inputs) {
+  AMALGAM_CHECK(e.shape.size() == 2 && map.real_rows >= 0 && map.real_rows <= e.shape[0] &&
+                    map.offsets.size() == static_cast<size_t>(map.real_rows) + 1 &&
+                    map.offsets.back() == map.picks.size(),
+                "internal: output '{}': malformed row map", e.name);
+  for (const auto& s : e.sources) {
+    const tensor::Shape& shape = inputs[s.model]->info(s.tensor).shape;
+    if (shape.size() != 2 || shape[1] != e.shape[1]) {
+      fail("{}: tensor '{}' has shape {} but output '{}' takes rows of {} values",
+           inputs[s.model]->path().string(), s.tensor, tensor::shape_string(shape), e.name,
+           e.shape[1]);
+    }
+  }
+  for (const auto& p : map.picks) {
+    AMALGAM_CHECK(p.source < e.sources.size(), "internal: output '{}': bad row source", e.name);
+    const SourceTensor& s = e.sources[p.source];
+    const int64_t rows = inputs[s.model]->info(s.tensor).shape[0];
+    if (p.row < 0 || p.row >= rows) {
+      fail("{}: tensor '{}' has {} rows; output '{}' needs row {}",
+           inputs[s.model]->path().string(), s.tensor, rows, e.name, p.row);
+    }
+  }
+}
+
+}  // namespace
+
 void validate_plan(const Plan& plan, const std::vector<const io::Checkpoint*>& inputs) {
   AMALGAM_CHECK(plan.models.size() == inputs.size(), "internal: {} inputs for {} plan models",
                 inputs.size(), plan.models.size());
@@ -450,7 +561,9 @@ void validate_plan(const Plan& plan, const std::vector<const io::Checkpoint*>& i
         fail("{}: tensor '{}' has dtype {}, which cannot be merged", ckpt.path().string(), s.tensor,
              tensor::dtype_name(info.dtype));
       }
-      if (info.shape != e.shape) {
+      if (s.rows) {
+        check_row_map(e, *s.rows, inputs);
+      } else if (info.shape != e.shape) {
         const bool croppable = e.is_embed && info.shape.size() == 2 && e.shape.size() == 2 &&
                                info.shape[0] >= e.shape[0] && info.shape[1] >= e.shape[1];
         if (!croppable) {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -24,6 +25,9 @@ constexpr const char* kTokenizerFiles[] = {
     "tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
     "tokenizer.model", "added_tokens.json",     "merges.txt",
     "vocab.json",      "chat_template.jinja",   "chat_template.json"};
+// Describe the source's vocabulary, so they are not copied when the merge built a new one.
+constexpr const char* kVocabularyFiles[] = {"tokenizer.model", "added_tokens.json", "merges.txt",
+                                            "vocab.json"};
 // Copied from the donor.
 constexpr const char* kDonorFiles[] = {"generation_config.json"};
 
@@ -108,6 +112,7 @@ std::string output_config_json(const Plan& plan, const std::string& donor_config
     }
     if (!found) j["num_hidden_layers"] = plan.num_layers;
   }
+  if (plan.built_tokenizer) j["vocab_size"] = plan.built_tokenizer->vocab_size;
   const std::string dtype(tensor::torch_dtype_name(plan.out_dtype));
   const bool has_dtype = j.contains("dtype"), has_torch_dtype = j.contains("torch_dtype");
   if (has_dtype) j["dtype"] = dtype;
@@ -133,7 +138,24 @@ void write_model_files(const Plan& plan, const fs::path& dir,
   const fs::path tokenizer_dir =
       plan.tokenizer_source ? model_directory(plan.models.at(*plan.tokenizer_source)) : donor;
   bool tokenizer = false;
+  const BuiltTokenizer* built = plan.built_tokenizer.get();
+  if (built) {
+    core::write_text_file(dir / "tokenizer.json", built->tokenizer_json);
+    if (built->tokenizer_config_json) {
+      core::write_text_file(dir / "tokenizer_config.json", *built->tokenizer_config_json);
+    }
+    tokenizer = true;
+  }
   for (const char* name : kTokenizerFiles) {
+    const std::string_view n(name);
+    if (built &&
+        (n == "tokenizer.json" || (n == "tokenizer_config.json" && built->tokenizer_config_json))) {
+      continue;
+    }
+    if (built && std::find(std::begin(kVocabularyFiles), std::end(kVocabularyFiles), n) !=
+                     std::end(kVocabularyFiles)) {
+      continue;
+    }
     if (fs::exists(tokenizer_dir / name)) {
       copy_file_synced(tokenizer_dir / name, dir / name);
       tokenizer = true;

@@ -47,7 +47,8 @@ OutputSummary write_model(const Plan& plan, InputSet& inputs, const std::filesys
 void write_model_files(const Plan& plan, const std::filesystem::path& dir,
                        const std::vector<ShardDigest>& digests, bool model_card);
 
-// The donor's config.json with num_hidden_layers = plan.num_layers and its dtype key (`dtype` in
+// The donor's config.json with num_hidden_layers = plan.num_layers, vocab_size = the built
+// vocabulary's rows (when the merge built one) and its dtype key (`dtype` in
 // transformers 5, `torch_dtype` in 4) set to the output dtype; other keys keep their order.
 std::string output_config_json(const Plan& plan, const std::string& donor_config_text,
                                const std::string& where);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,10 +19,34 @@ namespace amalgam::merge {
 // Resolved parameters by name. Booleans are 0/1.
 using Params = std::map<std::string, double>;
 
+// An embedding source mapped into the output vocabulary (tokenizer merging), applied as rows are
+// read so that no permuted matrix is ever built. Output row r is the mean of the input rows
+// picks[offsets[r] .. offsets[r + 1]) (one pick: a copy; none: zeros); a pick may name another
+// source of the same entry (the row a model lacks comes from a model that has the token). Rows
+// from `real_rows` on are padding: the mean of this source's output rows [0, real_rows).
+struct RowPick {
+  uint32_t source = 0;  // index into PlanEntry::sources
+  int64_t row = 0;      // row of that source's input tensor
+};
+struct RowMap {
+  int64_t real_rows = 0;
+  std::vector<uint32_t> offsets;  // real_rows + 1 values
+  std::vector<RowPick> picks;
+};
+
 struct SourceTensor {
   size_t model = 0;    // index into Plan::models
   std::string tensor;  // input tensor name in that model
   Params params;       // tensor (per-model) parameters: weight, density, scale, ...
+  // Embedding rows mapped to the output vocabulary; null: read as stored.
+  std::shared_ptr<const RowMap> rows = nullptr;
+};
+
+// Tokenizer files written for a vocabulary the merge built (tokenizer / tokenizer_source).
+struct BuiltTokenizer {
+  std::string tokenizer_json;
+  std::optional<std::string> tokenizer_config_json;  // nullopt: the source's copied unchanged
+  int64_t vocab_size = 0;                            // config.json vocab_size (padded)
 };
 
 struct PlanEntry {
@@ -51,6 +76,9 @@ struct Plan {
   std::string recipe_text;                      // the recipe as given, for the model card
   // Tokenizer donor: index into models (copied as-is), or nullopt for the config donor.
   std::optional<size_t> tokenizer_source;
+  // Set when the recipe built a vocabulary that differs from the tokenizer source's: written
+  // instead of its tokenizer.json (its other tokenizer files are still copied).
+  std::shared_ptr<const BuiltTokenizer> built_tokenizer;
 };
 
 // Model i as a recipe names it: its path, or "BASE+LORA" when an adapter applies to it.

@@ -168,21 +168,111 @@ void add_module_parameters(ParamMap module, ParamMap& top) {
   }
 }
 
-void parse_tokenizer_source(const YamlReader& r, const YAML::Node& node, Recipe& recipe) {
-  if (node.IsNull()) return;
+// union | base | a model ref; "model:PATH" is the older mergekit spelling of a model ref.
+void parse_tokenizer_choice(const YamlReader& r, const YAML::Node& node, const std::string& path,
+                            Recipe& recipe) {
   recipe.tokenizer_at = YamlReader::location(node);
   if (node.IsScalar() && node.Scalar() == "union") {
-    fail_at(r.where(), recipe.tokenizer_at,
-            "tokenizer_source: union is not supported yet (amalgam copies one model's tokenizer "
-            "as-is and does not rebuild embeddings); use tokenizer_source: base, or the path of "
-            "one of the recipe's models, when the models share a vocabulary");
+    recipe.tokenizer = TokenizerChoice::kUnion;
+    return;
   }
   if (node.IsScalar() && node.Scalar() == "base") {
     recipe.tokenizer = TokenizerChoice::kBase;
     return;
   }
   recipe.tokenizer = TokenizerChoice::kModel;
-  recipe.tokenizer_model = r.model_ref(node, "tokenizer_source");
+  recipe.tokenizer_model = r.model_ref(node, path);
+  if (node.IsScalar() && recipe.tokenizer_model->path.starts_with("model:")) {
+    recipe.tokenizer_model->path = recipe.tokenizer_model->path.substr(6);
+    if (recipe.tokenizer_model->path.empty()) {
+      fail_at(r.where(), recipe.tokenizer_at, "{}: empty model path after 'model:'", path);
+    }
+  }
+}
+
+TokenSourceDef parse_token_source(const YamlReader& r, const YAML::Node& node,
+                                  const std::string& path) {
+  TokenSourceDef src;
+  src.at = YamlReader::location(node);
+  if (!node.IsMap() || !node["kind"]) {
+    src.model = r.model_ref(node, path);
+    return src;
+  }
+  const std::string kind = r.string(node["kind"], path + ".kind");
+  auto items = r.entries(node, path);
+  if (kind == "zero") {
+    r.check_keys(items, {"kind"}, path);
+    src.kind = TokenSourceDef::Kind::kZero;
+    return src;
+  }
+  if (kind != "model_token") {
+    fail_at(r.where(), YamlReader::location(node["kind"]),
+            "{}.kind: '{}' is not a token source kind; use model_token or zero (or give a model "
+            "path as the source)",
+            path, kind);
+  }
+  r.check_keys(items, {"kind", "model", "token", "token_id"}, path);
+  src.kind = TokenSourceDef::Kind::kModelToken;
+  bool has_model = false;
+  for (const auto& e : items) {
+    if (e.key == "model") {
+      src.model = r.model_ref(e.value, path + ".model");
+      has_model = true;
+    } else if (e.key == "token") {
+      src.token = r.string(e.value, path + ".token");
+    } else if (e.key == "token_id") {
+      src.token_id = r.integer(e.value, path + ".token_id");
+    }
+  }
+  if (!has_model) fail_at(r.where(), src.at, "{}: model_token needs 'model'", path);
+  if (src.token.has_value() == src.token_id.has_value()) {
+    fail_at(r.where(), src.at, "{}: model_token needs exactly one of 'token' and 'token_id'", path);
+  }
+  return src;
+}
+
+// tokenizer: {source: union | base | MODEL, pad_to_multiple_of: N, tokens: {TOKEN: {...}}}
+void parse_tokenizer(const YamlReader& r, const YAML::Node& node, Recipe& recipe) {
+  recipe.tokenizer = TokenizerChoice::kUnion;  // mergekit's default source
+  recipe.tokenizer_at = YamlReader::location(node);
+  auto items = r.entries(node, "tokenizer");
+  r.check_keys(items, {"source", "pad_to_multiple_of", "tokens"}, "tokenizer");
+  for (const auto& e : items) {
+    if (e.value.IsNull()) continue;
+    if (e.key == "source") {
+      parse_tokenizer_choice(r, e.value, "tokenizer.source", recipe);
+    } else if (e.key == "pad_to_multiple_of") {
+      const int64_t n = r.integer(e.value, "tokenizer.pad_to_multiple_of");
+      if (n <= 0) {
+        fail_at(r.where(), YamlReader::location(e.value),
+                "tokenizer.pad_to_multiple_of must be a positive integer, got {}", n);
+      }
+      recipe.pad_to_multiple_of = n;
+    } else {
+      for (const auto& t : r.entries(e.value, "tokenizer.tokens")) {
+        const std::string p = "tokenizer.tokens." + t.key;
+        TokenDef def;
+        def.token = t.key;
+        def.at = t.at;
+        if (!t.value.IsNull()) {
+          auto fields = r.entries(t.value, p);
+          r.check_keys(fields, {"source", "force"}, p);
+          for (const auto& f : fields) {
+            if (f.key == "source" && !f.value.IsNull()) {
+              def.source = parse_token_source(r, f.value, p + ".source");
+            } else if (f.key == "force") {
+              const YAML::Node& v = f.value;
+              if (!v.IsScalar() || (v.Scalar() != "true" && v.Scalar() != "false")) {
+                fail_at(r.where(), YamlReader::location(v), "{}.force must be true or false", p);
+              }
+              def.force = v.Scalar() == "true";
+            }
+          }
+        }
+        recipe.tokens.push_back(std::move(def));
+      }
+    }
+  }
 }
 
 Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe) {
@@ -217,15 +307,22 @@ Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe
       if (!v.IsNull()) recipe.dtype = parse_dtype(r, v, "dtype");
     } else if (e.key == "out_dtype") {
       if (!v.IsNull()) recipe.out_dtype = parse_dtype(r, v, "out_dtype");
-    } else if (e.key == "tokenizer_source") {
-      parse_tokenizer_source(r, v, recipe);
-    } else if (e.key == "tokenizer" || e.key == "chat_template") {
+    } else if (e.key == "tokenizer_source" || e.key == "tokenizer") {
       if (v.IsNull()) continue;
-      const char* instead = e.key == "tokenizer"
-                                ? "use tokenizer_source: base (or a model's path) to copy one "
-                                  "model's tokenizer when the models share a vocabulary"
-                                : "remove it: the donor's tokenizer files, chat template included, "
-                                  "are copied as-is";
+      if (recipe.tokenizer != TokenizerChoice::kDonor) {
+        fail_at(r.where(), e.at,
+                "give either 'tokenizer_source' or 'tokenizer', not both (tokenizer.source "
+                "replaces tokenizer_source)");
+      }
+      if (e.key == "tokenizer") {
+        parse_tokenizer(r, v, recipe);
+      } else {
+        parse_tokenizer_choice(r, v, "tokenizer_source", recipe);
+      }
+    } else if (e.key == "chat_template") {
+      if (v.IsNull()) continue;
+      const char* instead =
+          "remove it: the donor's tokenizer files, chat template included, are copied as-is";
       fail_at(r.where(), e.at, "'{}' is not supported yet; {}", e.key, instead);
     }
   }

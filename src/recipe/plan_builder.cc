@@ -10,6 +10,7 @@
 #include "recipe/params.h"
 #include "recipe/recipe.h"
 #include "recipe/slices.h"
+#include "recipe/tokenizer_merge.h"
 
 namespace amalgam::recipe {
 
@@ -41,12 +42,16 @@ class PlanBuilder {
   void check_shapes(const arch::WeightSpec& out, std::vector<Input>& inputs,
                     std::optional<size_t> base, tensor::Shape& shape) const;
   tensor::DType default_out_dtype(size_t donor) const;
+  void choose_tokenizer(std::optional<size_t> base, size_t donor);
+  void map_embedding_rows(const arch::WeightSpec& out, std::vector<Input>& inputs,
+                          merge::PlanEntry& entry) const;
 
   const Recipe& recipe_;
   PlanOptions options_;
   const merge::MergeMethod* method_ = nullptr;
   std::unique_ptr<ModelSet> models_;
   std::unique_ptr<ParamResolver> params_;
+  std::unique_ptr<VocabMerge> vocab_;  // set when the recipe maps embeddings to a new vocabulary
   merge::Plan plan_;
 };
 
@@ -113,8 +118,8 @@ void PlanBuilder::check_shapes(const arch::WeightSpec& out, std::vector<Input>& 
                   "tensor '{}': model '{}' has shape {} but base model '{}' has {}; {} needs "
                   "every model's embeddings at least as large as the base's (mergekit fails here "
                   "too). Use the model with the smallest vocabulary as base_model, or a method "
-                  "that keeps the common rows (linear, slerp); mergekit's tokenizer_source / "
-                  "tokenizer rebuilding is not supported yet",
+                  "that keeps the common rows (linear, slerp), or map every model to one "
+                  "vocabulary with tokenizer_source: union (or base)",
                   x.requested, name_of(x), shape_string(x.info->shape), name_of(ref),
                   shape_string(shape), method_->name());
         }
@@ -203,13 +208,14 @@ void PlanBuilder::add_entry(const NormalSlice& slice, const arch::WeightSpec& ou
     entry.shape = inputs[0].info->shape;
   } else {
     entry.out_dtype = plan_.out_dtype;
-    check_shapes(out, inputs, base_position(), entry.shape);
+    if (!(vocab_ && out.is_embed)) check_shapes(out, inputs, base_position(), entry.shape);
   }
   entry.global = params_->global(slice, out.name, t);
   for (const auto& x : inputs) {
     entry.sources.push_back(merge::SourceTensor{x.source->model, x.name,
                                                 params_->tensor(slice, *x.source, x.requested, t)});
   }
+  if (vocab_ && out.is_embed && !entry.passthrough_bytes) map_embedding_rows(out, inputs, entry);
   entry.base = base_position();
   plan_.entries.push_back(std::move(entry));
 }
@@ -224,6 +230,62 @@ tensor::DType PlanBuilder::default_out_dtype(size_t donor) const {
     if (tensor::is_float_dtype(dtype)) return dtype;
   }
   return tensor::DType::kBF16;
+}
+
+void PlanBuilder::choose_tokenizer(std::optional<size_t> base, size_t donor) {
+  size_t source = base.value_or(donor);
+  switch (recipe_.tokenizer) {
+    case TokenizerChoice::kDonor:
+      return;
+    case TokenizerChoice::kUnion:
+      break;
+    case TokenizerChoice::kBase:
+      if (!base) {
+        fail_at(recipe_.where, recipe_.tokenizer_at,
+                "tokenizer_source: base needs a base_model; add one or name a model's path");
+      }
+      break;
+    case TokenizerChoice::kModel: {
+      const std::optional<size_t> found = models_->find(*recipe_.tokenizer_model);
+      if (!found) {
+        fail_at(recipe_.where, recipe_.tokenizer_at,
+                "tokenizer source '{}' is not one of the recipe's models; name one of them (or "
+                "base, or union)",
+                recipe_.tokenizer_model->path);
+      }
+      source = *found;
+      break;
+    }
+  }
+  plan_.tokenizer_source = source;
+  vocab_ = std::make_unique<VocabMerge>(recipe_, *models_, base, donor, source);
+  if (!vocab_->changes_embeddings()) {
+    vocab_.reset();  // every model already has the output vocabulary: nothing to map
+    return;
+  }
+  plan_.built_tokenizer = vocab_->built_tokenizer();
+}
+
+// The entry takes the output vocabulary's rows; each source reads its rows through a map.
+void PlanBuilder::map_embedding_rows(const arch::WeightSpec& out, std::vector<Input>& inputs,
+                                     merge::PlanEntry& entry) const {
+  std::vector<size_t> models;
+  std::vector<int64_t> rows;
+  for (const auto& x : inputs) {
+    const tensor::Shape& shape = x.info->shape;
+    if (shape.size() != 2 || shape[1] != inputs[0].info->shape[1]) {
+      fail_at(recipe_.where, x.source->at,
+              "tensor '{}' of model '{}' has shape {} but model '{}' has {}; embeddings mapped "
+              "to a merged vocabulary must be matrices of the same width",
+              x.requested, (*models_)[x.source->model].name, shape_string(shape),
+              (*models_)[inputs[0].source->model].name, shape_string(inputs[0].info->shape));
+    }
+    models.push_back(x.source->model);
+    rows.push_back(shape[0]);
+  }
+  entry.shape = {vocab_->rows(), inputs[0].info->shape[1]};
+  auto maps = vocab_->row_maps(models, rows, out.name);
+  for (size_t i = 0; i < entry.sources.size(); ++i) entry.sources[i].rows = std::move(maps[i]);
 }
 
 merge::Plan PlanBuilder::build() {
@@ -250,26 +312,7 @@ merge::Plan PlanBuilder::build() {
                     : recipe_.dtype   ? *recipe_.dtype
                                       : default_out_dtype(donor);
   plan_.recipe_text = recipe_.text;
-  switch (recipe_.tokenizer) {
-    case TokenizerChoice::kDonor:
-      break;
-    case TokenizerChoice::kBase:
-      if (!base) {
-        fail_at(recipe_.where, recipe_.tokenizer_at,
-                "tokenizer_source: base needs a base_model; add one or name a model's path");
-      }
-      plan_.tokenizer_source = base;
-      break;
-    case TokenizerChoice::kModel:
-      plan_.tokenizer_source = models_->find(*recipe_.tokenizer_model);
-      if (!plan_.tokenizer_source) {
-        fail_at(recipe_.where, recipe_.tokenizer_at,
-                "tokenizer_source '{}' is not one of the recipe's models; amalgam copies the "
-                "tokenizer of one of its input models: name one of them (or base)",
-                recipe_.tokenizer_model->path);
-      }
-      break;
-  }
+  choose_tokenizer(base, donor);
 
   const arch::Architecture& arch = models_->architecture();
   const InputModel& donor_model = (*models_)[donor];

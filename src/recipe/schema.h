@@ -45,7 +45,28 @@ struct SliceDef {  // an output slice
   Location at;
 };
 
-enum class TokenizerChoice { kDonor, kBase, kModel };
+// Which vocabulary the output has. kDonor: no tokenizer configuration (the donor's files are
+// copied, embeddings merged as they are); the others build the output vocabulary and map every
+// model's embedding rows into it (mergekit's tokenizer_source / tokenizer.source).
+enum class TokenizerChoice { kDonor, kBase, kModel, kUnion };
+
+// Where a token's embedding row comes from for a model that lacks the token (for every model
+// when the token is forced): `tokenizer.tokens.<token>.source`.
+struct TokenSourceDef {
+  enum class Kind { kModel, kModelToken, kZero };
+  Kind kind = Kind::kModel;
+  ModelRef model;                    // kModel, kModelToken
+  std::optional<std::string> token;  // kModelToken: the row of this token of `model`...
+  std::optional<int64_t> token_id;   // ... or the row with this id
+  Location at;
+};
+
+struct TokenDef {  // an entry of `tokenizer.tokens`
+  std::string token;
+  std::optional<TokenSourceDef> source;  // none: the default rule (one model, base, mean)
+  bool force = false;
+  Location at;
+};
 
 struct Recipe {
   std::string where;  // the recipe's name in messages (its file name)
@@ -64,6 +85,8 @@ struct Recipe {
   TokenizerChoice tokenizer = TokenizerChoice::kDonor;
   std::optional<ModelRef> tokenizer_model;  // for kModel
   Location tokenizer_at;
+  std::optional<int64_t> pad_to_multiple_of;  // tokenizer.pad_to_multiple_of
+  std::vector<TokenDef> tokens;               // tokenizer.tokens, in recipe order
 };
 
 // Parses YAML text into a Recipe; checks syntax, keys and value types only (no file access).
