@@ -27,7 +27,7 @@ std::string signature(const merge::Plan& plan, const merge::PlanEntry& e, uint64
   for (const auto& src : e.sources) {
     s += fmt::format("|{}:{}", plan.models[src.model].string(), src.tensor);
     if (auto a = plan.adapters.find(src.model); a != plan.adapters.end()) {
-      s += "+" + a->second.string();
+      s += fmt::format("+{}", a->second.string());
     }
     for (const auto& [k, v] : src.params) s += fmt::format(",{}={:a}", k, v);
   }
