@@ -133,6 +133,44 @@ TEST(Executor, SameBytesWhateverTheSinkThreadsOrChunking) {
   EXPECT_EQ(reference.views().size(), plan.entries.size());
 }
 
+// Random methods draw per element from a counter-based generator: the same bytes whatever the
+// thread count and chunk size, and another seed gives other bytes.
+TEST(Executor, RandomMethodsAreIndependentOfThreadsAndChunking) {
+  for (const std::string method : {"dare_ties", "della"}) {
+    Plan plan = linear_plan({"base", "add-expert", "rev-expert"}, {1.0, 0.6, 0.7});
+    plan.method = method;
+    plan.base_model = 0;
+    for (auto& e : plan.entries) {
+      e.base = 0;
+      e.sources[0].params.clear();
+      for (size_t i = 1; i < e.sources.size(); ++i) {
+        e.sources[i].params["density"] = 0.4;
+        if (method == "della") e.sources[i].params["epsilon"] = 0.1;
+      }
+    }
+    merge::InputSet inputs;
+    merge::ExecuteOptions one;
+    one.threads = 1;
+    one.progress = false;
+    one.seed = 7;
+    merge::MemorySink a, b, c;
+    merge::execute(plan, inputs, a, one);
+    merge::ExecuteOptions many = one;
+    many.threads = 3;
+    many.chunk_elements = 777;  // chunk edges fall mid-matrix, never at the same places
+    merge::execute(plan, inputs, b, many);
+    merge::ExecuteOptions other = one;
+    other.seed = 8;
+    merge::execute(plan, inputs, c, other);
+    size_t differs = 0;
+    for (const auto& e : plan.entries) {
+      EXPECT_EQ(a.at(e.name).bytes, b.at(e.name).bytes) << method << " " << e.name;
+      differs += a.at(e.name).bytes != c.at(e.name).bytes;
+    }
+    EXPECT_GT(differs, plan.entries.size() / 2) << method;
+  }
+}
+
 TEST(Executor, CropsEmbeddingsAndRoundsToTheComputeDtype) {
   Plan plan;
   plan.method = "linear";
