@@ -3,11 +3,14 @@
 //   floor  = read every input shard from the page cache + write an output-sized file and fsync it
 //   linear = amalgam merge, linear over the three checkpoints
 //   ties   = amalgam merge, TIES (density 0.3) of two checkpoints onto the third as base
+//   dare_ties, della = the same two onto the same base: DARE-TIES (density 0.3, L1 rescale on, as
+//            by default) and DELLA (density 0.4, epsilon 0.1, rescale on)
 // wall time (best of --repeat), ratio to the floor and peak RSS of the amalgam process (wait4).
 // The first merge over new inputs also hashes them for the model card's provenance table; that
 // run is reported on its own ("cold digest cache"), later runs find the digests cached.
 //
-//   bench_merge [--repeat N] [--threads N] [--cache DIR]
+//   bench_merge [--repeat N] [--threads N] [--cache DIR] [--only NAME,...]
+// --only runs just the named merges (comma-separated: linear, ties, dare_ties, della).
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
@@ -129,12 +132,13 @@ struct Measure {
 
 int main(int argc, char** argv) {
   int repeat = 3;
-  std::string threads;
+  std::string threads, only;
   fs::path cache = fs::path(AMALGAM_SOURCE_DIR) / "bench" / ".cache" / "merge";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--repeat") == 0) repeat = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--threads") == 0) threads = argv[i + 1];
     if (std::strcmp(argv[i], "--cache") == 0) cache = argv[i + 1];
+    if (std::strcmp(argv[i], "--only") == 0) only = argv[i + 1];
   }
   try {
     fs::create_directories(cache);
@@ -168,6 +172,17 @@ int main(int argc, char** argv) {
         fmt::format("merge_method: ties\nbase_model: {}\nmodels:\n  - model: {}\n  - model: {}\n"
                     "parameters:\n  weight: 1.0\n  density: 0.3\ndtype: bfloat16\n",
                     m0, m1, m2));
+    amalgam::core::write_text_file(
+        cache / "dare_ties.yaml",
+        fmt::format("merge_method: dare_ties\nbase_model: {}\nmodels:\n  - model: {}\n  - model: "
+                    "{}\nparameters:\n  weight: 1.0\n  density: 0.3\ndtype: bfloat16\n",
+                    m0, m1, m2));
+    amalgam::core::write_text_file(
+        cache / "della.yaml",
+        fmt::format("merge_method: della\nbase_model: {}\nmodels:\n  - model: {}\n  - model: "
+                    "{}\nparameters:\n  weight: 1.0\n  density: 0.4\n  epsilon: 0.1\n"
+                    "dtype: bfloat16\n",
+                    m0, m1, m2));
     const fs::path out = cache / "out";
     const std::string digests = "AMALGAM_CACHE_DIR=" + (cache / "digests").string();
     auto merge = [&](const std::string& recipe) {
@@ -195,14 +210,29 @@ int main(int argc, char** argv) {
     }
     const double floor = read.best + std::min(plain.best, early.best);
 
-    fs::remove_all(cache / "digests");
-    read_files(files);
-    RunResult cold = merge("linear.yaml");
-    std::vector<Measure> merges = {{"linear (3 models)"}, {"ties density 0.3 (base + 2)"}};
+    // The cold-digest run (skipped with --only, which only makes sure the digests are cached).
+    RunResult cold;
+    if (only.empty()) {
+      fs::remove_all(cache / "digests");
+      read_files(files);
+      cold = merge("linear.yaml");
+    } else if (!fs::exists(cache / "digests")) {
+      merge("linear.yaml");
+    }
+    std::vector<Measure> merges = {{"linear (3 models)"},
+                                   {"ties density 0.3 (base + 2)"},
+                                   {"dare_ties density 0.3, rescale (base + 2)"},
+                                   {"della density 0.4, epsilon 0.1, rescale (base + 2)"}};
+    const std::vector<std::string> recipes = {"linear.yaml", "ties.yaml", "dare_ties.yaml",
+                                              "della.yaml"};
     for (int i = 0; i < repeat; ++i) {
       for (size_t m = 0; m < merges.size(); ++m) {
+        const std::string name = recipes[m].substr(0, recipes[m].find('.'));
+        if (!only.empty() && ("," + only + ",").find("," + name + ",") == std::string::npos) {
+          continue;
+        }
         read_files(files);
-        RunResult r = merge(m == 0 ? "linear.yaml" : "ties.yaml");
+        RunResult r = merge(recipes[m]);
         if (r.seconds < merges[m].best) {
           merges[m].best = r.seconds;
           merges[m].cpu = r.cpu_seconds;
@@ -226,9 +256,11 @@ int main(int argc, char** argv) {
     }
     fmt::print("| I/O floor (read + faster write) | {:.2f} | 1.00 | | |\n", floor);
     for (const auto& m : merges) {
+      if (m.best == 1e30) continue;
       fmt::print("| {} | {:.2f} | {:.2f} | {:.2f} | {:.0f} |\n", m.name, m.best, m.best / floor,
                  m.cpu, static_cast<double>(m.rss_kb) / 1024.0);
     }
+    if (!only.empty()) return 0;
     fmt::print(
         "| linear, first run (cold digest cache: hashes {:.1f} GB) | {:.2f} | {:.2f} | {:.2f} | "
         "{:.0f} |\n",

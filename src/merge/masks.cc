@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <utility>
 #include <vector>
+
+#include "core/half.h"
 
 namespace amalgam::merge {
 
@@ -87,28 +89,67 @@ class RankSampling : public DeltaMask {
       : rng_(rng), density_(density), epsilon_(epsilon), cols_(std::max<size_t>(cols, 1)) {}
 
   void apply(size_t begin, float* delta, size_t n) override {
-    order_.resize(cols_);
+    keys_.resize(cols_);
+    bits_.resize(cols_);
     for (size_t row = 0; row < n; row += cols_) {
       float* v = delta + row;
       const size_t c = std::min(cols_, n - row);
-      std::iota(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(c), uint32_t{0});
-      // Ascending magnitude; equal magnitudes rank by index (deterministic).
-      std::stable_sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(c),
-                       [v](uint32_t a, uint32_t b) { return std::fabs(v[a]) < std::fabs(v[b]); });
+      rank_row(v, c);
+      for (size_t j = 0; j < c; ++j) bits_[j] = rng_.bits24(begin + row + j);  // vectorises
+      const std::vector<uint32_t>& keep_below = thresholds(c);
       for (size_t r = 0; r < c; ++r) {
-        const uint32_t j = order_[r];
-        const double rank_norm = c > 1 ? static_cast<double>(r) / static_cast<double>(c - 1) : 0.5;
-        const double p = (density_ - epsilon_) + 2 * epsilon_ * rank_norm;
-        if (rng_.bits24(begin + row + j) >= CounterRng::threshold(p)) v[j] = 0.0f;
+        const auto j = static_cast<uint32_t>(keys_[r]);
+        if (bits_[j] >= keep_below[r]) v[j] = 0.0f;
       }
     }
   }
 
  private:
+  // keys_[0, c) = |v| bits << 32 | index, in ascending magnitude, equal magnitudes by index: for
+  // non-negative floats (no NaN here) the bit patterns order as the values do, and a stable LSD
+  // radix sort of the 31-bit magnitudes keeps equal ones in index order. (Comparison sorts of
+  // the rows took most of a DELLA merge.)
+  void rank_row(const float* v, size_t c) {
+    constexpr unsigned kDigitBits = 11;
+    constexpr uint32_t kDigits = 1u << kDigitBits;
+    for (size_t j = 0; j < c; ++j) {
+      keys_[j] = uint64_t{core::f32_to_bits(std::fabs(v[j]))} << 32 | j;
+    }
+    sorted_.resize(keys_.size());
+    for (unsigned shift = 32; shift < 64; shift += kDigitBits) {
+      counts_.assign(kDigits, 0);
+      for (size_t j = 0; j < c; ++j) ++counts_[(keys_[j] >> shift) & (kDigits - 1)];
+      if (counts_[(keys_[0] >> shift) & (kDigits - 1)] == c) continue;  // one digit: in order
+      uint32_t sum = 0;
+      for (uint32_t& n : counts_) sum += std::exchange(n, sum);
+      for (size_t j = 0; j < c; ++j) {
+        sorted_[counts_[(keys_[j] >> shift) & (kDigits - 1)]++] = keys_[j];
+      }
+      std::swap(keys_, sorted_);
+    }
+  }
+
+  // threshold(p) of each rank in a row of c elements (c is the same for every row but a
+  // chunk's last, so the table is kept).
+  const std::vector<uint32_t>& thresholds(size_t c) {
+    if (thresholds_.size() != c) {
+      thresholds_.resize(c);
+      for (size_t r = 0; r < c; ++r) {
+        const double rank_norm = c > 1 ? static_cast<double>(r) / static_cast<double>(c - 1) : 0.5;
+        const double p = (density_ - epsilon_) + 2 * epsilon_ * rank_norm;
+        thresholds_[r] = CounterRng::threshold(p);
+      }
+    }
+    return thresholds_;
+  }
+
   CounterRng rng_;
   double density_, epsilon_;
   size_t cols_;
-  std::vector<uint32_t> order_;
+  std::vector<uint64_t> keys_, sorted_;  // |v| bits << 32 | index
+  std::vector<uint32_t> counts_;         // radix sort buckets
+  std::vector<uint32_t> bits_;           // the row's random draws, by index
+  std::vector<uint32_t> thresholds_;
 };
 
 }  // namespace
