@@ -100,12 +100,6 @@ class FusionMerger : public ChunkMerger {
   std::vector<float> imp_;
 };
 
-class CopyInput : public ChunkMerger {
- public:
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[0], inputs[0] + n, out);
-  }
-};
 
 class ArceeFusion : public MergeMethod {
  public:
@@ -138,7 +132,7 @@ class ArceeFusion : public MergeMethod {
     check(e);
     const TensorReader& r = in.reader;
     const size_t n = r.numel();
-    if (e.sources.size() == 1 || n == 0) return std::make_unique<CopyInput>();
+    if (e.sources.size() == 1 || n == 0) return copy_input(0);
     const size_t base = *e.base, other = 1 - base;
     const size_t cols = row_length(e.shape);
     AMALGAM_CHECK(n % cols == 0, "internal: tensor size is not a multiple of its row length");

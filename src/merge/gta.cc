@@ -156,16 +156,6 @@ void abs_sums(const std::vector<const float*>& full, const std::vector<const flo
   }
 }
 
-class CopyBase : public ChunkMerger {
- public:
-  explicit CopyBase(size_t base) : base_(base) {}
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[base_], inputs[base_] + n, out);
-  }
-
- private:
-  size_t base_;
-};
 
 std::vector<ParamSpec> gta_params(const GtaConfig& c) {
   std::vector<ParamSpec> p = {
@@ -241,7 +231,7 @@ class GeneralizedTaskArithmetic : public MergeMethod {
     const PlanEntry& e = in.entry;
     check(e);
     const size_t base = *e.base;
-    if (e.sources.size() == 1) return std::make_unique<CopyBase>(base);
+    if (e.sources.size() == 1) return copy_input(base);
     const TensorReader& reader = in.reader;
     const bool rescale = global_flag(e, "rescale");
 

@@ -35,12 +35,6 @@ class NearSwapMerger : public ChunkMerger {
   float t_;
 };
 
-class CopyInput : public ChunkMerger {
- public:
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[0], inputs[0] + n, out);
-  }
-};
 
 ParamSpec t_spec() {
   ParamSpec s = real_spec("t", std::nullopt, 0, std::numeric_limits<double>::infinity(),
@@ -79,7 +73,7 @@ class NearSwap : public MergeMethod {
 
   std::unique_ptr<ChunkMerger> prepare(const MethodInputs& in) const override {
     check(in.entry);
-    if (in.entry.sources.size() == 1) return std::make_unique<CopyInput>();
+    if (in.entry.sources.size() == 1) return copy_input(0);
     return std::make_unique<NearSwapMerger>(*in.entry.base,
                                             static_cast<float>(global_param(in.entry, "t")));
   }

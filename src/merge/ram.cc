@@ -72,16 +72,6 @@ class RamMerger : public ChunkMerger {
   std::vector<float> sum_;
 };
 
-class CopyInput : public ChunkMerger {
- public:
-  explicit CopyInput(size_t input) : input_(input) {}
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[input_], inputs[input_] + n, out);
-  }
-
- private:
-  size_t input_;
-};
 
 ParamSpec nonnegative_spec(std::string name, double default_value, std::string help) {
   return real_spec(std::move(name), default_value, 0, std::numeric_limits<double>::infinity(),
@@ -128,7 +118,7 @@ class Ram : public MergeMethod {
     const PlanEntry& e = in.entry;
     check(e);
     const size_t base = *e.base;
-    if (e.sources.size() == 1) return std::make_unique<CopyInput>(base);
+    if (e.sources.size() == 1) return copy_input(base);
     const auto eps = static_cast<float>(global_param(e, "epsilon"));
     std::vector<float> lambda(e.sources.size(), 1.0f);
     if (plus_) lambda = plus_factors(in, base, eps);

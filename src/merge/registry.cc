@@ -218,6 +218,21 @@ double MergeMethod::global_param(const PlanEntry& entry, std::string_view name) 
   fail("tensor '{}': parameter '{}' is required by {}", entry.name, name, this->name());
 }
 
+namespace {
+class CopyInput : public ChunkMerger {
+ public:
+  explicit CopyInput(size_t input) : input_(input) {}
+  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
+    std::copy(inputs[input_], inputs[input_] + n, out);
+  }
+
+ private:
+  size_t input_;
+};
+}  // namespace
+
+std::unique_ptr<ChunkMerger> copy_input(size_t input) { return std::make_unique<CopyInput>(input); }
+
 size_t require_base(const PlanEntry& entry, std::string_view method) {
   if (!entry.base || *entry.base >= entry.sources.size()) {
     fail("tensor '{}': {} needs a base_model", entry.name, method);

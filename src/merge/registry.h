@@ -24,6 +24,10 @@ ParamSpec flag_spec(std::string name, bool default_value, std::string help);
 ParamSpec real_spec(std::string name, std::optional<double> default_value, double min, double max,
                     std::string help);
 
+// The chunk merger that copies input `input` unchanged (a tensor only one model has, nothing
+// selected, ...).
+std::unique_ptr<ChunkMerger> copy_input(size_t input);
+
 // Shared checks for method implementations.
 // Index into entry.sources of the base model's tensor; throws if the plan has none.
 size_t require_base(const PlanEntry& entry, std::string_view method);

@@ -164,16 +164,6 @@ class SceMerger : public ChunkMerger {
   std::vector<float> sum_, numer_, denom_;
 };
 
-class CopyInput : public ChunkMerger {
- public:
-  explicit CopyInput(size_t input) : input_(input) {}
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[input_], inputs[input_] + n, out);
-  }
-
- private:
-  size_t input_;
-};
 
 std::vector<ParamSpec> sce_params() {
   ParamSpec topk = real_spec("select_topk", 1.0, 0, 1,
@@ -206,16 +196,16 @@ class Sce : public MergeMethod {
     const size_t base = *e.base;
     const TensorReader& r = in.reader;
     const size_t n = r.numel();
-    if (e.sources.size() == 1 || n == 0) return std::make_unique<CopyInput>(base);
+    if (e.sources.size() == 1 || n == 0) return copy_input(base);
     const size_t chunk = std::min(r.chunk_elements(), n);
     const double topk = global_param(e, "select_topk");
     TaskVectors tv(base, r.inputs(), chunk);
 
     std::optional<MagnitudeCut> cut;
     if (topk < 1) {
-      if (topk <= 0) return std::make_unique<CopyInput>(base);  // nothing selected
+      if (topk <= 0) return copy_input(base);  // nothing selected
       const size_t k = keep_count(tv, r, topk);
-      if (k == 0) return std::make_unique<CopyInput>(base);  // no variance (e.g. one model)
+      if (k == 0) return copy_input(base);  // no variance (e.g. one model)
       cut = find_magnitude_cuts(
           n, {k}, chunk,
           [&](size_t begin, size_t len, float* const* outs) {

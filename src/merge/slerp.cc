@@ -28,12 +28,6 @@ class SlerpMerger : public ChunkMerger {
   float s0_, s1_;
 };
 
-class CopyMerger : public ChunkMerger {
- public:
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[0], inputs[0] + n, out);
-  }
-};
 
 ParamSpec t_spec() {
   ParamSpec s = real_spec("t", std::nullopt, -std::numeric_limits<double>::infinity(),
@@ -67,7 +61,7 @@ class Slerp : public MergeMethod {
 
   std::unique_ptr<ChunkMerger> prepare(const MethodInputs& in) const override {
     check(in.entry);
-    if (in.entry.sources.size() == 1) return std::make_unique<CopyMerger>();
+    if (in.entry.sources.size() == 1) return copy_input(0);
     const size_t base = *in.entry.base;
     const double t = global_param(in.entry, "t");
     // Whole-tensor norms and dot product in fp64.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "merge/registry.h"
+
 namespace amalgam::merge {
 
 namespace {
@@ -51,16 +53,6 @@ class CombinationMerger : public ChunkMerger {
   std::optional<size_t> base_;
 };
 
-class CopyMerger : public ChunkMerger {
- public:
-  explicit CopyMerger(size_t input) : input_(input) {}
-  void merge(size_t, size_t n, std::span<const float* const> inputs, float* out) override {
-    std::copy(inputs[input_], inputs[input_] + n, out);
-  }
-
- private:
-  size_t input_;
-};
 
 }  // namespace
 
@@ -148,7 +140,7 @@ std::unique_ptr<ChunkMerger> combination_merger(std::vector<size_t> inputs,
 }
 
 std::unique_ptr<ChunkMerger> copy_merger(size_t input) {
-  return std::make_unique<CopyMerger>(input);
+  return copy_input(input);
 }
 
 }  // namespace amalgam::merge
