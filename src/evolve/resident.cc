@@ -20,8 +20,8 @@ namespace {
 // Everything that determines an output tensor's bytes.
 std::string signature(const merge::Plan& plan, const merge::PlanEntry& e, uint64_t seed) {
   std::string s = fmt::format("{}|{}|{}|{}|{}|", plan.method, static_cast<int>(e.out_dtype),
-                              plan.compute_dtype ? static_cast<int>(*plan.compute_dtype) : -1,
-                              seed, tensor::shape_string(e.shape));
+                              plan.compute_dtype ? static_cast<int>(*plan.compute_dtype) : -1, seed,
+                              tensor::shape_string(e.shape));
   s += fmt::format("b{}|", e.base ? static_cast<int64_t>(*e.base) : -1);
   for (const auto& [k, v] : e.global) s += fmt::format("{}={:a},", k, v);
   for (const auto& src : e.sources) {
@@ -51,8 +51,8 @@ ResidentModel::ResidentModel(merge::InputSet& inputs, unsigned threads, uint64_t
 const std::string& ResidentModel::donor_config(const fs::path& model) {
   auto it = configs_.find(model);
   if (it == configs_.end()) {
-    it = configs_.emplace(model, core::read_text_file(model_directory(model) / "config.json"))
-             .first;
+    it =
+        configs_.emplace(model, core::read_text_file(model_directory(model) / "config.json")).first;
   }
   return it->second;
 }
@@ -64,18 +64,12 @@ std::unique_ptr<infer::Model> ResidentModel::update(const merge::Plan& plan) {
   changed.entries.clear();
   infer::WeightMap views;
   std::set<std::string> computed_names;
+  const merge::MergeMethod& method = merge::method_or_fail(plan.method);
   for (const auto& e : plan.entries) {
-    const merge::MergeMethod* method = merge::find_method(plan.method);
     if (e.sources.size() == 1) {
-      const io::Checkpoint& ckpt = inputs_.open(plan.models[e.sources[0].model]);
-      const tensor::TensorView v = ckpt.view(e.sources[0].tensor);
-      const bool exact_compute = !plan.compute_dtype ||
-                                 *plan.compute_dtype == tensor::DType::kF32 ||
-                                 *plan.compute_dtype == v.dtype;
-      // A LoRA adapter or a tokenizer merge's row map changes what is read: no alias then.
-      const bool adapted = plan.adapters.count(e.sources[0].model) > 0 || e.sources[0].rows;
-      const bool copy = !adapted && (e.passthrough_bytes || (method && method->copies_input(e)));
-      if (copy && v.dtype == e.out_dtype && v.shape == e.shape && exact_compute) {
+      const size_t model = e.sources[0].model;
+      const tensor::TensorView v = inputs_.open(plan.models[model]).view(e.sources[0].tensor);
+      if (merge::is_byte_copy(plan, method, e, v, plan.adapters.count(model) > 0)) {
         views.emplace(e.name, v);
         ++last_.aliased;
         continue;
@@ -108,13 +102,12 @@ std::unique_ptr<infer::Model> ResidentModel::update(const merge::Plan& plan) {
   for (const auto& [name, t] : sink_.tensors()) views.emplace(name, t.view());
 
   const fs::path donor = plan.models.at(plan.donor);
-  const std::string config_text =
-      merge::output_config_json(plan, donor_config(donor), (model_directory(donor) / "config.json").string());
+  const std::string config_text = merge::output_config_json(
+      plan, donor_config(donor), (model_directory(donor) / "config.json").string());
   io::ModelConfig config =
       io::parse_model_config(nlohmann::ordered_json::parse(config_text), "candidate");
   auto model = std::make_unique<infer::Model>(std::move(config), std::move(views));
-  last_.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  last_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return model;
 }
 

@@ -200,9 +200,10 @@ class EntryReader : public TensorReader {
   // from the input rows the map names when it is read, so no permuted matrix is ever held.
   void read_mapped(size_t input, const RowMap& map, size_t begin, size_t n, float* dst) const {
     if (sources_[input].delta) {
-      fail("tensor '{}': a LoRA adapter on an embedding whose rows a tokenizer merge remaps is "
-           "not supported; merge the adapter into its model first",
-           entry_.name);
+      fail(
+          "tensor '{}': a LoRA adapter on an embedding whose rows a tokenizer merge remaps is "
+          "not supported; merge the adapter into its model first",
+          entry_.name);
     }
     row_.resize(cols_);
     for (size_t done = 0; done < n;) {
@@ -394,19 +395,9 @@ class Executor {
     if (progress_) progress_->advance(1, read, written);
   }
 
-  // Non-float tensors, and passthrough copies that no rounding or scale changes, are copied
-  // byte for byte.
   bool copies_bytes(const PlanEntry& e, const std::vector<Source>& sources) const {
-    if (e.passthrough_bytes) return true;
-    if (sources.size() != 1 || sources[0].delta || !method_.copies_input(e) ||
-        e.sources[0].rows) {
-      return false;
-    }
-    const tensor::TensorView& v = sources[0].view;
-    const bool exact_compute = !plan_.compute_dtype ||
-                               *plan_.compute_dtype == tensor::DType::kF32 ||
-                               *plan_.compute_dtype == v.dtype;
-    return v.dtype == e.out_dtype && v.shape == e.shape && exact_compute;
+    return sources.size() == 1 &&
+           is_byte_copy(plan_, method_, e, sources[0].view, sources[0].delta != nullptr);
   }
 
   // Copies piece by piece, checking float values and dropping each piece's input pages once
@@ -526,6 +517,17 @@ void check_row_map(const PlanEntry& e, const RowMap& map,
 }
 
 }  // namespace
+
+bool is_byte_copy(const Plan& plan, const MergeMethod& method, const PlanEntry& e,
+                  const tensor::TensorView& input, bool lora_update) {
+  if (e.passthrough_bytes) return true;
+  if (e.sources.size() != 1 || lora_update || e.sources[0].rows || !method.copies_input(e)) {
+    return false;
+  }
+  const bool exact_compute = !plan.compute_dtype || *plan.compute_dtype == tensor::DType::kF32 ||
+                             *plan.compute_dtype == input.dtype;
+  return input.dtype == e.out_dtype && input.shape == e.shape && exact_compute;
+}
 
 void validate_plan(const Plan& plan, const std::vector<const io::Checkpoint*>& inputs) {
   AMALGAM_CHECK(plan.models.size() == inputs.size(), "internal: {} inputs for {} plan models",

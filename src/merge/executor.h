@@ -59,6 +59,14 @@ struct ExecuteStats {
   double seconds = 0;
 };
 
+class MergeMethod;
+
+// True when output `e` is exactly the bytes of its single input `input`: non-float tensors, and
+// copies (passthrough with scale 1) that no rounding to the compute dtype, LoRA update or
+// vocabulary remapping changes. The executor copies those bytes; a resident model aliases them.
+bool is_byte_copy(const Plan& plan, const MergeMethod& method, const PlanEntry& e,
+                  const tensor::TensorView& input, bool lora_update);
+
 // Checks the plan against the inputs' headers without reading weights: every source tensor
 // exists, shapes fit the output (embeddings may be cropped), dtypes can be merged, the method
 // accepts each entry, output names are unique. Throws Error naming the model and tensor.
