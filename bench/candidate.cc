@@ -64,22 +64,26 @@ int run(int argc, char** argv) {
     std::function<std::string(int)> recipe;
   };
   const std::vector<Case> cases = {
-      {"ps (dare_ties, all tensors merged)", [&](int i) { return dare_recipe(base, a, b, 0.3 + 0.1 * i); }},
+      {"ps (dare_ties, all tensors merged)",
+       [&](int i) { return dare_recipe(base, a, b, 0.3 + 0.1 * i); }},
       {"repeat (same candidate: all reused)", [&](int) { return dare_recipe(base, a, b, 0.3); }},
       {"path (layer path: all aliased)", [&](int) { return genome.recipe_of(path); }},
-      {"scaled path (o_proj/down_proj merged)", [&](int i) {
+      {"scaled path (o_proj/down_proj merged)",
+       [&](int i) {
          auto p = scaled;
          p[static_cast<size_t>(layers / 2)].scale = 0.8 + 0.01 * i;
          return genome.recipe_of(p);
        }},
   };
-  fmt::print("| candidate | seconds (best of {}) | merged | reused | aliased |\n|---|---|---|---|---|\n",
-             repeat);
+  fmt::print(
+      "| candidate | seconds (best of {}) | merged | reused | aliased |\n|---|---|---|---|---|\n",
+      repeat);
   for (const auto& cs : cases) {
     double best = 1e300;
     evolve::UpdateStats stats;
     for (int i = 0; i < repeat; ++i) {
-      if (cs.name.rfind("repeat", 0) == 0) resident.update(recipe::plan_from_yaml(cs.recipe(0), "c", po));
+      if (cs.name.rfind("repeat", 0) == 0)
+        resident.update(recipe::plan_from_yaml(cs.recipe(0), "c", po));
       const merge::Plan plan = recipe::plan_from_yaml(cs.recipe(i), "candidate", po);
       const auto t = std::chrono::steady_clock::now();
       resident.update(plan);

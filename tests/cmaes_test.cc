@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "test_util.h"
 
 namespace amalgam::evolve {
 namespace {
@@ -511,14 +512,7 @@ TEST(CmaEsResume, DoublesRoundTripExactly) {
   EXPECT_TRUE(back.best_x().empty());
 }
 
-void expect_error(const std::function<void()>& action, const std::string& fragment) {
-  try {
-    action();
-    ADD_FAILURE() << "no error; expected one mentioning: " << fragment;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using amalgam::testing::expect_error;
 
 TEST(CmaEsResume, CorruptStatesAreRefusedWithTheKey) {
   CmaEs es(box(4, 0, 1, 3));

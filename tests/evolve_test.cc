@@ -27,20 +27,12 @@ using testing::TempDir;
 using testing::zoo;
 namespace fs = std::filesystem;
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 std::string zoo_config(const std::string& extra) {
-  return fmt::format(
-      "base_model: {}\nmodels: [{}, {}]\ntasks:\n  - {{file: {}, limit: 4}}\n{}",
-      zoo("base").string(), zoo("rev-expert").string(), zoo("sort-expert").string(),
-      zoo("eval/rev.json").string(), extra);
+  return fmt::format("base_model: {}\nmodels: [{}, {}]\ntasks:\n  - {{file: {}, limit: 4}}\n{}",
+                     zoo("base").string(), zoo("rev-expert").string(), zoo("sort-expert").string(),
+                     zoo("eval/rev.json").string(), extra);
 }
 
 TEST(EvolveConfig, UnknownKeysAndBadValuesAreNamed) {
@@ -52,16 +44,14 @@ TEST(EvolveConfig, UnknownKeysAndBadValuesAreNamed) {
                "ps, dfs or ps+dfs");
   expect_error([] { evolve::parse_config(zoo_config("parameters: {lambda: x}\n"), "run.yaml"); },
                "must be a number");
-  const auto c = evolve::parse_config(zoo_config("layer_groups: 2\nbudget: {evaluations: 7}\n"),
-                                      "run.yaml");
+  const auto c =
+      evolve::parse_config(zoo_config("layer_groups: 2\nbudget: {evaluations: 7}\n"), "run.yaml");
   EXPECT_EQ(c.method, "dare_ties");
   EXPECT_EQ(c.max_evaluations, 7);
   EXPECT_EQ(*c.layer_groups, 2);
 }
 
-evolve::SearchModel search_model(const std::string& name) {
-  return {zoo(name), 4, name};
-}
+evolve::SearchModel search_model(const std::string& name) { return {zoo(name), 4, name}; }
 
 TEST(Genome, ParameterSpaceRecipeRoundTripsThroughThePlan) {
   const auto c = evolve::parse_config(
@@ -73,7 +63,9 @@ TEST(Genome, ParameterSpaceRecipeRoundTripsThroughThePlan) {
   for (size_t i = 0; i < unit.size(); ++i) unit[i] = 0.03 + 0.04 * static_cast<double>(i);
   const std::vector<double> v = genome.values(unit);
   const merge::Plan plan = recipe::plan_from_yaml(genome.recipe(unit), "candidate", {});
-  auto gene = [&](size_t g, size_t m, size_t f, size_t p) { return v[((g * 2 + m) * 3 + f) * 2 + p]; };
+  auto gene = [&](size_t g, size_t m, size_t f, size_t p) {
+    return v[((g * 2 + m) * 3 + f) * 2 + p];
+  };
   size_t checked = 0;
   for (const auto& e : plan.entries) {
     const size_t layer = e.name.find("layers.") == std::string::npos
@@ -112,8 +104,8 @@ TEST(Genome, DataFlowPathEqualsScaledResidualStream) {
   c.dfs.repeats = 2;
   c.dfs.scales = true;
   evolve::DfsGenome genome(c, {{dir / "a", 3, "a"}, {dir / "b", 3, "b"}});
-  const std::vector<evolve::Hop> path = {{0, 0, 1.0}, {1, 1, 0.6}, {0, 1, 1.7}, {1, 1, 0.9},
-                                         {0, 2, 1.25}};
+  const std::vector<evolve::Hop> path = {
+      {0, 0, 1.0}, {1, 1, 0.6}, {0, 1, 1.7}, {1, 1, 0.9}, {0, 2, 1.25}};
   const merge::Plan plan = recipe::plan_from_yaml(genome.recipe_of(path), "path", {});
   merge::InputSet inputs;
   evolve::ResidentModel resident(inputs, 1, 0);
@@ -145,7 +137,8 @@ TEST(Genome, DataFlowPathEqualsScaledResidualStream) {
   // Without the scales the logits are clearly different: the test can fail.
   const testing::RefOutput plain = testing::ref_forward(ref, ids);
   double diff = 0;
-  for (int64_t v = 0; v < spec.V; ++v) diff = std::max(diff, std::fabs(plain.logits[6][v] - want.logits[6][v]));
+  for (int64_t v = 0; v < spec.V; ++v)
+    diff = std::max(diff, std::fabs(plain.logits[6][v] - want.logits[6][v]));
   EXPECT_GT(diff, 100 * worst);
 }
 
@@ -206,8 +199,8 @@ std::string search_config(const std::string& search, int64_t evaluations) {
       "validation:\n  - {{file: {}, offset: 100, limit: 4}}\n"
       "budget: {{evaluations: {}}}\npopulation: 6\nseed: 3\n",
       zoo("base").string(), zoo("rev-expert").string(), zoo("sort-expert").string(), search,
-      zoo("eval/rev.json").string(), zoo("eval/sort.json").string(),
-      zoo("eval/rev.json").string(), evaluations);
+      zoo("eval/rev.json").string(), zoo("eval/sort.json").string(), zoo("eval/rev.json").string(),
+      evaluations);
 }
 
 // The log without timings: what must not depend on interruptions, threads or ranks.
@@ -234,8 +227,8 @@ TEST(EvolveCommand, ResumedRunEqualsUninterruptedRun) {
   ASSERT_EQ(full.exit_code, 0) << full.output;
   EXPECT_NE(full.output.find("evolved (best.yaml)"), std::string::npos) << full.output;
 
-  auto first = testing::run_amalgam(fmt::format("evolve {} -o {} -t 2 --no-best-model --pause-after 1",
-                                                config, (dir / "b").string()));
+  auto first = testing::run_amalgam(fmt::format(
+      "evolve {} -o {} -t 2 --no-best-model --pause-after 1", config, (dir / "b").string()));
   ASSERT_EQ(first.exit_code, 0) << first.output;
   EXPECT_NE(first.output.find("paused"), std::string::npos) << first.output;
   EXPECT_EQ(log_without_timings(dir / "b").size(), 6u);
@@ -244,15 +237,16 @@ TEST(EvolveCommand, ResumedRunEqualsUninterruptedRun) {
       fmt::format("evolve {} -o {} --no-best-model", config, (dir / "b").string()));
   EXPECT_NE(again.exit_code, 0);
   EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.output;
-  auto rest = testing::run_amalgam(fmt::format("evolve {} -o {} -t 2 --no-best-model --resume",
-                                               config, (dir / "b").string()));
+  auto rest = testing::run_amalgam(
+      fmt::format("evolve {} -o {} -t 2 --no-best-model --resume", config, (dir / "b").string()));
   ASSERT_EQ(rest.exit_code, 0) << rest.output;
 
   const auto a = log_without_timings(dir / "a"), b = log_without_timings(dir / "b");
   ASSERT_EQ(a.size(), 18u);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "evaluation " << i;
-  EXPECT_EQ(testing::read_file(dir / "a" / "best.yaml"), testing::read_file(dir / "b" / "best.yaml"));
+  EXPECT_EQ(testing::read_file(dir / "a" / "best.yaml"),
+            testing::read_file(dir / "b" / "best.yaml"));
   const auto summary = nlohmann::json::parse(testing::read_file(dir / "a" / "summary.json"));
   EXPECT_EQ(summary["rows"].size(), 3u);  // two experts and the evolved recipe
   EXPECT_TRUE(fs::exists(dir / "a" / "fitness.svg"));
@@ -266,8 +260,8 @@ TEST(EvolveCommand, BestRecipeMergesWithAmalgamMergeAndDataFlowSearchRuns) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(fs::exists(dir / "run" / "best" / "model.safetensors"));
   // best.yaml is a plain passthrough recipe that amalgam merge runs: the same model as best/.
-  auto m = testing::run_amalgam(fmt::format("merge {} -o {} -q", (dir / "run" / "best.yaml").string(),
-                                            (dir / "merged").string()));
+  auto m = testing::run_amalgam(fmt::format(
+      "merge {} -o {} -q", (dir / "run" / "best.yaml").string(), (dir / "merged").string()));
   ASSERT_EQ(m.exit_code, 0) << m.output;
   EXPECT_EQ(testing::read_file(dir / "merged" / "model.safetensors"),
             testing::read_file(dir / "run" / "best" / "model.safetensors"));

@@ -12,6 +12,7 @@
 #include "core/half.h"
 #include "merge/counter_rng.h"
 #include "merge/method.h"
+#include "test_util.h"
 
 namespace amalgam {
 namespace {
@@ -42,13 +43,6 @@ PlanEntry make_entry(const tensor::Shape& shape, const std::vector<Params>& mode
   return e;
 }
 
-Tensor run(const std::string& method, const PlanEntry& e, const std::vector<Tensor>& inputs,
-           uint64_t seed = 0) {
-  std::vector<const Tensor*> ptrs;
-  for (const auto& t : inputs) ptrs.push_back(&t);
-  return merge::method_or_fail(method).merge(e, ptrs, seed);
-}
-
 double l1(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += std::fabs(x);
@@ -61,14 +55,8 @@ std::vector<double> diff(const Tensor& a, const Tensor& b) {
   return d;
 }
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
+using testing::run_method;
 
 TEST(CounterRng, UniformAndIndependentOfVisitOrder) {
   merge::CounterRng rng(7, "a.weight", 1);
@@ -91,7 +79,7 @@ TEST(Dare, KeepsTheDensityAndRestoresTheL1Norm) {
   for (double density : {0.1, 0.5, 0.9}) {
     // One model, weight 1: out - B is the rescaled, masked task vector.
     auto e = make_entry(shape, {{{"weight", 1.0}, {"density", density}}});
-    const Tensor out = run("dare_linear", e, {base, x}, 42);
+    const Tensor out = run_method("dare_linear", e, {base, x}, 42);
     const std::vector<double> got = diff(out, base);
     size_t kept = 0;
     double ratio = 0;
@@ -103,11 +91,11 @@ TEST(Dare, KeepsTheDensityAndRestoresTheL1Norm) {
     }
     EXPECT_NEAR(double(kept) / got.size(), density, 0.01) << density;
     EXPECT_NEAR(l1(got) / l1(d), 1.0, 1e-4) << density;  // L1 norm matched (rescale default)
-    EXPECT_NEAR(ratio, 1.0 / density, 0.05 / density);    // ~1/p in expectation
+    EXPECT_NEAR(ratio, 1.0 / density, 0.05 / density);   // ~1/p in expectation
     // Without rescale the kept entries are the task vector itself.
     auto plain = e;
     plain.global["rescale"] = 0;
-    const std::vector<double> raw = diff(run("dare_linear", plain, {base, x}, 42), base);
+    const std::vector<double> raw = diff(run_method("dare_linear", plain, {base, x}, 42), base);
     for (size_t j = 0; j < raw.size(); ++j) {
       ASSERT_TRUE(raw[j] == 0 || std::fabs(raw[j] - d[j]) < 1e-6) << j;
       ASSERT_EQ(raw[j] != 0, got[j] != 0) << j;  // the same mask
@@ -119,18 +107,20 @@ TEST(Dare, SeededDeterministicAndDensityOneIsTiesOrTaskArithmetic) {
   const tensor::Shape shape{64, 96};
   Tensor base = random_tensor(shape, 3);
   std::vector<Tensor> in = {base, random_tensor(shape, 4), random_tensor(shape, 5)};
-  auto e = make_entry(shape, {{{"weight", 0.6}, {"density", 0.4}}, {{"weight", 0.8}, {"density", 0.7}}});
-  const Tensor a = run("dare_ties", e, in, 1), b = run("dare_ties", e, in, 1);
-  const Tensor c = run("dare_ties", e, in, 2);
+  auto e =
+      make_entry(shape, {{{"weight", 0.6}, {"density", 0.4}}, {{"weight", 0.8}, {"density", 0.7}}});
+  const Tensor a = run_method("dare_ties", e, in, 1), b = run_method("dare_ties", e, in, 1);
+  const Tensor c = run_method("dare_ties", e, in, 2);
   EXPECT_EQ(a.data, b.data);
   EXPECT_NE(a.data, c.data);
   // density 1 keeps everything: dare_linear is task arithmetic, dare_ties is TIES at density 1
   // without normalisation (dare_ties' default).
   auto full = make_entry(shape, {{{"weight", 0.6}}, {{"weight", 0.8}}});
-  EXPECT_EQ(run("dare_linear", full, in, 9).data, run("task_arithmetic", full, in).data);
+  EXPECT_EQ(run_method("dare_linear", full, in, 9).data,
+            run_method("task_arithmetic", full, in).data);
   auto ties = full;
   ties.global["normalize"] = 0;
-  EXPECT_EQ(run("dare_ties", full, in, 9).data, run("ties", ties, in).data);
+  EXPECT_EQ(run_method("dare_ties", full, in, 9).data, run_method("ties", ties, in).data);
 }
 
 // Breadcrumbs in fp64: drop the int(gamma n) largest and the n - keep - top smallest magnitudes
@@ -158,7 +148,7 @@ TEST(Breadcrumbs, KeepsTheMagnitudeBand) {
     Tensor x = random_tensor(shape, 7);
     for (auto [density, gamma] : {std::pair{0.5, 0.01}, {0.9, 0.2}, {0.3, 0.0}}) {
       auto e = make_entry(shape, {{{"weight", 1.0}, {"density", density}, {"gamma", gamma}}});
-      const Tensor got = run("breadcrumbs", e, {base, x});
+      const Tensor got = run_method("breadcrumbs", e, {base, x});
       const std::vector<double> want = breadcrumbs_reference(base, x, density, gamma);
       size_t bad = 0;
       for (size_t j = 0; j < want.size(); ++j) bad += std::fabs(got.data[j] - want[j]) > 1e-6;
@@ -173,7 +163,7 @@ TEST(Breadcrumbs, GammaBelowOneElementDropsNothingAtTheTop) {
   const tensor::Shape shape{50};
   Tensor base = random_tensor(shape, 8), x = random_tensor(shape, 9);
   auto e = make_entry(shape, {{{"weight", 1.0}, {"density", 0.5}, {"gamma", 0.01}}});
-  const std::vector<double> got = diff(run("breadcrumbs", e, {base, x}), base);
+  const std::vector<double> got = diff(run_method("breadcrumbs", e, {base, x}), base);
   size_t kept = 0;
   for (double v : got) kept += v != 0;
   EXPECT_EQ(kept, 25u);
@@ -185,7 +175,7 @@ TEST(Della, KeepProbabilityRisesWithMagnitudeRank) {
   const double density = 0.5, epsilon = 0.2;
   auto e = make_entry(shape, {{{"weight", 1.0}, {"density", density}, {"epsilon", epsilon}}});
   const std::vector<double> d = diff(x, base);
-  const std::vector<double> got = diff(run("della_linear", e, {base, x}, 3), base);
+  const std::vector<double> got = diff(run_method("della_linear", e, {base, x}, 3), base);
   // Per row: kept fraction among the smaller and the larger half of the magnitudes.
   size_t low_kept = 0, high_kept = 0, low = 0, high = 0;
   const size_t cols = 500;
@@ -206,7 +196,8 @@ TEST(Della, KeepProbabilityRisesWithMagnitudeRank) {
       }
     }
   }
-  // Mean keep probability of the lower half: density - epsilon / 2; of the upper half: + epsilon / 2.
+  // Mean keep probability of the lower half: density - epsilon / 2; of the upper half: + epsilon
+  // / 2.
   EXPECT_NEAR(double(low_kept) / low, density - epsilon / 2, 0.01);
   EXPECT_NEAR(double(high_kept) / high, density + epsilon / 2, 0.01);
   EXPECT_NEAR(l1(got) / l1(d), 1.0, 1e-4);  // L1 rescale is della's default
@@ -216,16 +207,16 @@ TEST(Della, RefusesProbabilitiesOutsideZeroOne) {
   const tensor::Shape shape{8, 8};
   Tensor base = random_tensor(shape, 12), x = random_tensor(shape, 13);
   auto e = make_entry(shape, {{{"weight", 1.0}, {"density", 0.1}, {"epsilon", 0.15}}});
-  expect_error([&] { run("della", e, {base, x}); }, "density - epsilon");
+  expect_error([&] { run_method("della", e, {base, x}); }, "density - epsilon");
   auto range = make_entry(shape, {{{"weight", 1.0}, {"density", 1.5}}});
-  expect_error([&] { run("della", range, {base, x}); }, "out of range");
+  expect_error([&] { run_method("della", range, {base, x}); }, "out of range");
 }
 
 TEST(Gta, SwitchesAcceptOnlyZeroOrOne) {
   const tensor::Shape shape{8};
   Tensor base = random_tensor(shape, 14), x = random_tensor(shape, 15);
   auto e = make_entry(shape, {{{"weight", 1.0}}}, {{"normalize", 0.5}});
-  expect_error([&] { run("ties", e, {base, x}); }, "switch");
+  expect_error([&] { run_method("ties", e, {base, x}); }, "switch");
 }
 
 }  // namespace

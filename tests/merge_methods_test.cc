@@ -12,6 +12,7 @@
 #include "core/half.h"
 #include "merge/method.h"
 #include "merge/sparsify.h"
+#include "test_util.h"
 
 namespace amalgam {
 namespace {
@@ -54,12 +55,6 @@ PlanEntry make_entry(const tensor::Shape& shape, const std::vector<Params>& per_
   return e;
 }
 
-Tensor run(const std::string& method, const PlanEntry& e, const std::vector<Tensor>& inputs) {
-  std::vector<const Tensor*> ptrs;
-  for (const auto& t : inputs) ptrs.push_back(&t);
-  return merge::method_or_fail(method).merge(e, ptrs);
-}
-
 void expect_close(const Tensor& got, const std::vector<double>& want, double rel, double abs_tol) {
   ASSERT_EQ(got.data.size(), want.size());
   size_t bad = 0;
@@ -72,14 +67,8 @@ void expect_close(const Tensor& got, const std::vector<double>& want, double rel
   EXPECT_EQ(bad, 0u);
 }
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
+using testing::run_method;
 
 TEST(Linear, WeightedMeanWithAndWithoutNormalize) {
   const tensor::Shape shape{37, 53};
@@ -96,7 +85,7 @@ TEST(Linear, WeightedMeanWithAndWithoutNormalize) {
       for (size_t i = 0; i < 3; ++i) v += w[i] * x[i].data[j];
       want[j] = normalize != 0 ? v / sum : v;
     }
-    expect_close(run("linear", e, x), want, 1e-5, 1e-6);
+    expect_close(run_method("linear", e, x), want, 1e-5, 1e-6);
   }
 }
 
@@ -106,30 +95,30 @@ TEST(Linear, NormalizeIsTheDefaultAndZeroSumIsRefused) {
   auto e = make_entry(shape, {{{"weight", 2.0}}, {{"weight", 6.0}}}, std::nullopt);
   std::vector<double> want(8);
   for (size_t j = 0; j < 8; ++j) want[j] = (2.0 * x[0].data[j] + 6.0 * x[1].data[j]) / 8.0;
-  expect_close(run("linear", e, x), want, 1e-6, 1e-7);
+  expect_close(run_method("linear", e, x), want, 1e-6, 1e-7);
 
   auto zero = make_entry(shape, {{{"weight", 1.0}}, {{"weight", -1.0}}}, std::nullopt);
-  expect_error([&] { run("linear", zero, x); }, "sum to 0");
+  expect_error([&] { run_method("linear", zero, x); }, "sum to 0");
   auto missing = make_entry(shape, {{{"weight", 1.0}}, {}}, std::nullopt);
-  expect_error([&] { run("linear", missing, x); }, "'weight'");
+  expect_error([&] { run_method("linear", missing, x); }, "'weight'");
 }
 
 TEST(Passthrough, CopiesAndScales) {
   const tensor::Shape shape{16, 4};
   std::vector<Tensor> x = {random_tensor(shape, 6)};
   auto plain = make_entry(shape, {{}}, std::nullopt);
-  Tensor out = run("passthrough", plain, x);
+  Tensor out = run_method("passthrough", plain, x);
   EXPECT_EQ(out.data, x[0].data);
   auto scaled = make_entry(shape, {{{"scale", 0.5}}}, std::nullopt);
   std::vector<double> want(x[0].data.begin(), x[0].data.end());
   for (double& v : want) v *= 0.5;
-  expect_close(run("passthrough", scaled, x), want, 0, 0);
+  expect_close(run_method("passthrough", scaled, x), want, 0, 0);
   auto zero = make_entry(shape, {{{"scale", 0.0}}}, std::nullopt);
-  for (float v : run("passthrough", zero, x).data) EXPECT_EQ(v, 0.0f);
+  for (float v : run_method("passthrough", zero, x).data) EXPECT_EQ(v, 0.0f);
   std::vector<Tensor> two = {x[0], x[0]};
   expect_error(
       [&] {
-        run("passthrough", make_entry(shape, {{}, {}}, std::nullopt), two);
+        run_method("passthrough", make_entry(shape, {{}, {}}, std::nullopt), two);
       },
       "exactly one input");
 }
@@ -161,7 +150,7 @@ TEST(Slerp, InterpolatesOnTheSphereFromTheBase) {
   for (double t : {0.0, 0.3, 1.0}) {
     // Base listed second: t still runs from the base (t = 0) to the other model (t = 1).
     auto e = make_entry(shape, {{}, {}}, 1, {{"t", t}});
-    Tensor out = run("slerp", e, {other, base});
+    Tensor out = run_method("slerp", e, {other, base});
     expect_close(out, slerp_reference(base, other, t), 1e-5, 1e-6);
     if (t == 0.0) {
       EXPECT_EQ(out.data, base.data);
@@ -172,7 +161,7 @@ TEST(Slerp, InterpolatesOnTheSphereFromTheBase) {
   }
   // Two random vectors are far from colinear: the result is not the lerp.
   auto e = make_entry(shape, {{}, {}}, 0, {{"t", 0.3}});
-  Tensor out = run("slerp", e, {base, other});
+  Tensor out = run_method("slerp", e, {base, other});
   EXPECT_GT(std::fabs(out.data[0] - (0.7 * base.data[0] + 0.3 * other.data[0])), 1e-4);
 }
 
@@ -185,25 +174,26 @@ TEST(Slerp, NearlyColinearFallsBackToLerp) {
   auto e = make_entry(shape, {{}, {}}, 0, {{"t", 0.3}});
   std::vector<double> lerp(base.data.size());
   for (size_t j = 0; j < lerp.size(); ++j) lerp[j] = 0.7 * base.data[j] + 0.3 * other.data[j];
-  expect_close(run("slerp", e, {base, other}), lerp, 1e-6, 1e-7);
-  expect_close(run("slerp", e, {base, other}), slerp_reference(base, other, 0.3), 1e-6, 1e-7);
+  expect_close(run_method("slerp", e, {base, other}), lerp, 1e-6, 1e-7);
+  expect_close(run_method("slerp", e, {base, other}), slerp_reference(base, other, 0.3), 1e-6,
+               1e-7);
 }
 
 TEST(Slerp, NeedsTwoInputsAndABase) {
   const tensor::Shape shape{4};
   Tensor a = random_tensor(shape, 10);
-  EXPECT_EQ(run("slerp", make_entry(shape, {{}}, 0, {{"t", 0.5}}), {a}).data, a.data);
+  EXPECT_EQ(run_method("slerp", make_entry(shape, {{}}, 0, {{"t", 0.5}}), {a}).data, a.data);
   expect_error(
       [&] {
-        run("slerp", make_entry(shape, {{}, {}, {}}, 0, {{"t", 0.5}}), {a, a, a});
+        run_method("slerp", make_entry(shape, {{}, {}, {}}, 0, {{"t", 0.5}}), {a, a, a});
       },
       "exactly two");
   expect_error(
       [&] {
-        run("slerp", make_entry(shape, {{}, {}}, std::nullopt, {{"t", .5}}), {a, a});
+        run_method("slerp", make_entry(shape, {{}, {}}, std::nullopt, {{"t", .5}}), {a, a});
       },
       "base_model");
-  expect_error([&] { run("slerp", make_entry(shape, {{}, {}}, 0), {a, a}); }, "'t'");
+  expect_error([&] { run_method("slerp", make_entry(shape, {{}, {}}, 0), {a, a}); }, "'t'");
 }
 
 // Generalized task arithmetic in fp64 (spec 1.7), with TIES top-k (ties broken by index) and sign
@@ -290,19 +280,19 @@ TEST(TaskArithmetic, AddsScaledTaskVectors) {
       GtaReference p{lambda, normalize, false, {1.0, 0.5, 2.0}, {}};
       auto e = make_entry(shape, gta_params(p), 0,
                           {{"lambda", lambda}, {"normalize", normalize ? 1.0 : 0.0}});
-      expect_close(run("task_arithmetic", e, with_base(base, models)),
+      expect_close(run_method("task_arithmetic", e, with_base(base, models)),
                    gta_reference(base, models, p), 1e-5, 1e-5);
     }
   }
   // Defaults: normalize false, lambda 1.
   GtaReference p{1.0, false, false, {1.0, 1.0, 1.0}, {}};
   auto e = make_entry(shape, gta_params(p), 0);
-  expect_close(run("task_arithmetic", e, with_base(base, models)), gta_reference(base, models, p),
-               1e-5, 1e-5);
+  expect_close(run_method("task_arithmetic", e, with_base(base, models)),
+               gta_reference(base, models, p), 1e-5, 1e-5);
   expect_error(
       [&] {
-        run("task_arithmetic", make_entry(shape, gta_params(p), std::nullopt),
-            with_base(base, models));
+        run_method("task_arithmetic", make_entry(shape, gta_params(p), std::nullopt),
+                   with_base(base, models));
       },
       "base_model");
 }
@@ -319,8 +309,8 @@ TEST(Ties, MatchesReferenceOnRandomAndTieHeavyTensors) {
       }
       GtaReference p{0.7, true, true, {1.0, 0.5, 2.0}, {0.3, 0.5, 0.1}};
       auto e = make_entry(shape, gta_params(p), 0, {{"lambda", 0.7}});  // normalize: default on
-      expect_close(run("ties", e, with_base(base, models)), gta_reference(base, models, p), 1e-5,
-                   1e-5);
+      expect_close(run_method("ties", e, with_base(base, models)), gta_reference(base, models, p),
+                   1e-5, 1e-5);
     }
   }
 }
@@ -338,14 +328,14 @@ TEST(Ties, SignElectionAndAgreement) {
   b.data = {-1, 0.5, 3, 1};
   const double wa = 1.0, wb = 1.0;
   auto e = make_entry(shape, {{}, {{"weight", wa}}, {{"weight", wb}}}, 0);  // density 1
-  Tensor out = run("ties", e, {base, a, b});
+  Tensor out = run_method("ties", e, {base, a, b});
   EXPECT_FLOAT_EQ(out.data[0], 1.0f);
   EXPECT_FLOAT_EQ(out.data[1], 0.5f);
   EXPECT_FLOAT_EQ(out.data[2], 2.0f);
   EXPECT_FLOAT_EQ(out.data[3], -2.0f);
   // Weighted votes: w_b = 3 flips element 0 to b's side; normalisation divides by agreeing weights.
   auto w = make_entry(shape, {{}, {{"weight", 1.0}}, {{"weight", 3.0}}}, 0);
-  out = run("ties", w, {base, a, b});
+  out = run_method("ties", w, {base, a, b});
   EXPECT_FLOAT_EQ(out.data[0], -1.0f);              // D_b = -3 wins, -3 / 3
   EXPECT_FLOAT_EQ(out.data[2], (1.0f + 9.0f) / 4);  // (1 + 3*3) / (1 + 3)
   EXPECT_FLOAT_EQ(out.data[3], 1.0f);               // D = -2 vs +3: + wins, 3 / 3
@@ -363,12 +353,14 @@ TEST(Ties, DensityThatKeepsNothingIsAnError) {
   Tensor base = random_tensor(shape, 30), a = random_tensor(shape, 31);
   expect_error(
       [&] {
-        run("ties", make_entry(shape, {{}, {{"weight", 1.0}, {"density", 0.0}}}, 0), {base, a});
+        run_method("ties", make_entry(shape, {{}, {{"weight", 1.0}, {"density", 0.0}}}, 0),
+                   {base, a});
       },
       "keeps no element");
   expect_error(
       [&] {
-        run("ties", make_entry(shape, {{}, {{"weight", 1.0}, {"density", 0.05}}}, 0), {base, a});
+        run_method("ties", make_entry(shape, {{}, {{"weight", 1.0}, {"density", 0.05}}}, 0),
+                   {base, a});
       },
       "keeps no element");
   // The check runs without weights (the executor validates plans before reading anything).

@@ -71,26 +71,14 @@ PlanEntry make_entry(const tensor::Shape& shape, size_t models, Params global = 
   return e;
 }
 
-Tensor run(const std::string& method, const PlanEntry& e, const std::vector<Tensor>& inputs) {
-  std::vector<const Tensor*> ptrs;
-  for (const auto& t : inputs) ptrs.push_back(&t);
-  return merge::method_or_fail(method).merge(e, ptrs);
-}
-
 Inputs as_doubles(const std::vector<Tensor>& in) {
   Inputs x;
   for (const auto& t : in) x.emplace_back(t.data.begin(), t.data.end());
   return x;
 }
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
+using testing::run_method;
 
 // ---- fp64 references, from the spec's formulas -------------------------------------------
 
@@ -292,7 +280,7 @@ TEST(Sce, MatchesTheReference) {
       const auto in = dense_inputs(shape, 3, 0.01, 11);
       auto e = make_entry(shape, 3, {{"select_topk", topk}});
       const auto x = as_doubles(in);
-      expect_matches(run("sce", e, in), sce_reference(x, topk), x,
+      expect_matches(run_method("sce", e, in), sce_reference(x, topk), x,
                      fmt::format("sce {} select_topk {}", shape_name(shape), topk));
     }
   }
@@ -309,7 +297,8 @@ TEST(Sce, WeightsAreUniformWhenTheEnergiesSumBelow1e6) {
     const auto x = as_doubles(in);
     const Reference ref = sce_reference(x, 1.0);
     EXPECT_EQ(ref.detail < 1e-6, scale < 1e-3) << "test setup: energy sum " << ref.detail;
-    expect_matches(run("sce", make_entry(shape, 2), in), ref, x, fmt::format("scale {}", scale));
+    expect_matches(run_method("sce", make_entry(shape, 2), in), ref, x,
+                   fmt::format("scale {}", scale));
   }
 }
 
@@ -323,7 +312,7 @@ TEST(Sce, DivisorIsClampedAt1e6) {
   in.push_back(a);
   in.push_back(perturbed(in[0], 33, 1e-4));
   const auto x = as_doubles(in);
-  const Tensor got = run("sce", make_entry(shape, 2), in);
+  const Tensor got = run_method("sce", make_entry(shape, 2), in);
   expect_matches(got, sce_reference(x, 1.0), x, "clamped divisor");
   double ea = 0, eb = 0;
   for (size_t j = 0; j < x[0].size(); ++j) {
@@ -346,15 +335,15 @@ TEST(Sce, DivisorIsClampedAt1e6) {
 TEST(Sce, SelectTopkZeroGivesTheBaseAndBelowZeroIsRefused) {
   const tensor::Shape shape{30, 40};
   const auto in = dense_inputs(shape, 2, 0.01, 41);
-  EXPECT_EQ(run("sce", make_entry(shape, 2, {{"select_topk", 0.0}}), in).data, in[0].data);
+  EXPECT_EQ(run_method("sce", make_entry(shape, 2, {{"select_topk", 0.0}}), in).data, in[0].data);
   expect_error(
       [&] {
-        run("sce", make_entry(shape, 2, {{"select_topk", -0.1}}), in);
+        run_method("sce", make_entry(shape, 2, {{"select_topk", -0.1}}), in);
       },
       "select_topk");
   expect_error(
       [&] {
-        run("sce", make_entry(shape, 2, {{"select_topk", 1.5}}), in);
+        run_method("sce", make_entry(shape, 2, {{"select_topk", 1.5}}), in);
       },
       "select_topk");
 }
@@ -364,8 +353,8 @@ TEST(Sce, OneModelHasNoVarianceSoSelectionKeepsNothing) {
   // returns the base. Without selection the model itself comes out (c = 1).
   const tensor::Shape shape{30, 40};
   const auto in = dense_inputs(shape, 1, 0.01, 51);
-  EXPECT_EQ(run("sce", make_entry(shape, 1, {{"select_topk", 0.5}}), in).data, in[0].data);
-  EXPECT_EQ(run("sce", make_entry(shape, 1), in).data, in[1].data);
+  EXPECT_EQ(run_method("sce", make_entry(shape, 1, {{"select_topk", 0.5}}), in).data, in[0].data);
+  EXPECT_EQ(run_method("sce", make_entry(shape, 1), in).data, in[1].data);
 }
 
 TEST(Sce, SelectionKeepsExactlyKWithTiesInIndexOrder) {
@@ -375,7 +364,8 @@ TEST(Sce, SelectionKeepsExactlyKWithTiesInIndexOrder) {
     const size_t n = static_cast<size_t>(tensor::numel(shape));
     Tensor base(shape), one(shape), zero(shape);
     for (size_t j = 0; j < n; ++j) one.data[j] = j % 3 == 0 ? 2.0f : 1.0f;
-    const Tensor got = run("sce", make_entry(shape, 2, {{"select_topk", 0.5}}), {base, one, zero});
+    const Tensor got =
+        run_method("sce", make_entry(shape, 2, {{"select_topk", 0.5}}), {base, one, zero});
     const size_t k = n / 2, large = (n + 2) / 3;
     size_t kept = 0, last_small_kept = 0, first_small_dropped = n;
     for (size_t j = 0; j < n; ++j) {
@@ -403,12 +393,12 @@ TEST(Ram, MatchesTheReference) {
     const auto x = as_doubles(in);
     for (double eps : {1e-5, 2e-3}) {
       const std::string what = fmt::format("{} epsilon {}", shape_name(shape), eps);
-      expect_matches(run("ram", make_entry(shape, 3, {{"epsilon", eps}}), in),
+      expect_matches(run_method("ram", make_entry(shape, 3, {{"epsilon", eps}}), in),
                      ram_reference(x, eps, false), x, "ram " + what);
-      expect_matches(run("ramplus_tl", make_entry(shape, 3, {{"epsilon", eps}}), in),
+      expect_matches(run_method("ramplus_tl", make_entry(shape, 3, {{"epsilon", eps}}), in),
                      ram_reference(x, eps, true), x, "ramplus_tl " + what);
       const Params p = {{"epsilon", eps}, {"r", 0.05}, {"alpha", 1.0}};
-      expect_matches(run("ramplus_tl", make_entry(shape, 3, p), in),
+      expect_matches(run_method("ramplus_tl", make_entry(shape, 3, p), in),
                      ram_reference(x, eps, true, 0.05, 1.0), x,
                      "ramplus_tl r 0.05 alpha 1 " + what);
     }
@@ -426,7 +416,7 @@ TEST(Ram, UniqueKeptSharedAveragedInactiveKeepsTheBase) {
   // 8: a exactly epsilon, b active (unique to b, not shared).
   a.data = {1.5f, 1, 1.25f, 1, 1.0001f, 1.5f, at_eps, 1.0001f, at_eps};
   b.data = {1, 0.5f, 1.75f, 1, 1.5f, 0.5f, 1, 0.9999f, 1.5f};
-  const Tensor got = run("ram", make_entry(shape, 2, {{"epsilon", eps}}), {base, a, b});
+  const Tensor got = run_method("ram", make_entry(shape, 2, {{"epsilon", eps}}), {base, a, b});
   const std::vector<float> want = {1.5f, 0.5f, 1.5f, 1, 1.5f, 1, 1, 1, 1.5f};
   EXPECT_EQ(got.data, want);
 }
@@ -442,7 +432,7 @@ TEST(RamPlus, UniqueChangesAreAmplifiedByTheClampedSharedUniqueRatio) {
   }
   for (auto [r, alpha] : {std::pair{0.1, 0.2}, {0.5, 1.0}, {1.0, 3.0}}) {
     const Tensor got =
-        run("ramplus_tl", make_entry(shape, 2, {{"r", r}, {"alpha", alpha}}), {base, a, b});
+        run_method("ramplus_tl", make_entry(shape, 2, {{"r", r}, {"alpha", alpha}}), {base, a, b});
     const double la = 1 + r * std::min(0.5, alpha), lb = 1 + r * std::min(2.0, alpha);
     EXPECT_FLOAT_EQ(got.data[0], 0.5 * la) << r << " " << alpha;           // unique to a
     EXPECT_FLOAT_EQ(got.data[50], (0.5 - 0.25) / 2) << r << " " << alpha;  // shared: plain mean
@@ -451,7 +441,8 @@ TEST(RamPlus, UniqueChangesAreAmplifiedByTheClampedSharedUniqueRatio) {
   }
   // With epsilon 0 a model with no unique element must not produce NaN.
   Tensor c = a;
-  const Tensor got = run("ramplus_tl", make_entry(shape, 2, {{"epsilon", 0.0}}), {base, a, c});
+  const Tensor got =
+      run_method("ramplus_tl", make_entry(shape, 2, {{"epsilon", 0.0}}), {base, a, c});
   for (size_t j = 0; j < 100; ++j) ASSERT_FLOAT_EQ(got.data[j], a.data[j]) << j;
 }
 
@@ -462,7 +453,7 @@ TEST(NearSwap, MatchesTheReference) {
     const auto in = dense_inputs(shape, 1, 1e-3, 71);
     const auto x = as_doubles(in);
     for (double t : {1e-4, 1e-3, 0.0, 1.0}) {
-      expect_matches(run("nearswap", make_entry(shape, 1, {{"t", t}}), in),
+      expect_matches(run_method("nearswap", make_entry(shape, 1, {{"t", t}}), in),
                      nearswap_reference(x, t), x,
                      fmt::format("nearswap {} t {}", shape_name(shape), t));
     }
@@ -476,7 +467,7 @@ TEST(NearSwap, DistanceIsClampedAt1e6) {
   // |d| = 2e-7 (below the clamp), 0, 1e-3, 1.
   other.data = {1e-5f + 2e-7f, 0.5f, 0.501f, 3.0f};
   const double t = 5e-7;
-  const Tensor got = run("nearswap", make_entry(shape, 1, {{"t", t}}), {base, other});
+  const Tensor got = run_method("nearswap", make_entry(shape, 1, {{"t", t}}), {base, other});
   const double d0 = double(other.data[0]) - base.data[0];
   // w = t / max(2e-7, 1e-6) = 0.5, not min(t / 2e-7, 1) = 1.
   EXPECT_NEAR(got.data[0], base.data[0] + 0.5 * d0, 3e-12);
@@ -486,17 +477,22 @@ TEST(NearSwap, DistanceIsClampedAt1e6) {
   EXPECT_NEAR(got.data[2], w2 * other.data[2] + (1 - w2) * base.data[2], 2e-7);
   EXPECT_NEAR(got.data[3], 2.0 + t, 1e-6);
   // t >= |d| everywhere: the other model whole.
-  EXPECT_EQ(run("nearswap", make_entry(shape, 1, {{"t", 1.0}}), {base, other}).data, other.data);
+  EXPECT_EQ(run_method("nearswap", make_entry(shape, 1, {{"t", 1.0}}), {base, other}).data,
+            other.data);
 }
 
 TEST(NearSwap, NeedsTAndExactlyTwoModels) {
   const tensor::Shape shape{4, 4};
   const auto in = dense_inputs(shape, 2, 1e-3, 81);
-  expect_error([&] { run("nearswap", make_entry(shape, 1), {in[0], in[1]}); }, "'t'");
-  expect_error([&] { run("nearswap", make_entry(shape, 2, {{"t", 0.1}}), in); }, "exactly two");
+  expect_error([&] { run_method("nearswap", make_entry(shape, 1), {in[0], in[1]}); }, "'t'");
   expect_error(
       [&] {
-        run("nearswap", make_entry(shape, 1, {{"t", -1.0}}), {in[0], in[1]});
+        run_method("nearswap", make_entry(shape, 2, {{"t", 0.1}}), in);
+      },
+      "exactly two");
+  expect_error(
+      [&] {
+        run_method("nearswap", make_entry(shape, 1, {{"t", -1.0}}), {in[0], in[1]});
       },
       "out of range");
 }
@@ -514,7 +510,7 @@ TEST(ArceeFusion, MatchesTheReference) {
       const auto x = as_doubles(in);
       const size_t cols = static_cast<size_t>(shape.back());
       const Reference ref = fusion_reference(x, cols);
-      const Tensor got = run("arcee_fusion", make_entry(shape, 1), in);
+      const Tensor got = run_method("arcee_fusion", make_entry(shape, 1), in);
       const std::string what = fmt::format("arcee_fusion {} scale {}", shape_name(shape), scale);
       expect_matches(got, ref, x, what);
       size_t fused = 0;
@@ -534,7 +530,7 @@ TEST(ArceeFusion, SoftmaxUnderflowStaysFinite) {
   in[1].data[2 * 50 + 7] = 900.0f;
   in[0].data[4 * 50 + 1] = -900.0f;
   const auto x = as_doubles(in);
-  const Tensor got = run("arcee_fusion", make_entry(shape, 1), in);
+  const Tensor got = run_method("arcee_fusion", make_entry(shape, 1), in);
   for (float v : got.data) ASSERT_TRUE(std::isfinite(v));
   expect_matches(got, fusion_reference(x, 50), x, "underflow");
 }
@@ -546,7 +542,7 @@ TEST(ArceeFusion, QuartilesAreTheElementsAtFloorQTimesNMinus1) {
   const tensor::Shape shape{8};
   Tensor base(shape), x(shape);
   x.data = {0.01f, -0.02f, 0.03f, -0.04f, 0.05f, -0.06f, 0.07f, -0.1001f};
-  const Tensor got = run("arcee_fusion", make_entry(shape, 1), {base, x});
+  const Tensor got = run_method("arcee_fusion", make_entry(shape, 1), {base, x});
   for (size_t j = 0; j < 7; ++j) EXPECT_EQ(got.data[j], 0.0f) << j;
   EXPECT_EQ(got.data[7], x.data[7]);
   const auto ref = fusion_reference(as_doubles({base, x}), 8);
@@ -558,14 +554,14 @@ TEST(ArceeFusion, ImportanceEqualToTheThresholdIsFused) {
   const tensor::Shape shape{4, 10};
   Tensor base(shape), x(shape);
   for (size_t j = 0; j < x.data.size(); ++j) x.data[j] = j % 2 ? 0.5f : -0.5f;
-  EXPECT_EQ(run("arcee_fusion", make_entry(shape, 1), {base, x}).data, x.data);
+  EXPECT_EQ(run_method("arcee_fusion", make_entry(shape, 1), {base, x}).data, x.data);
 }
 
 TEST(ArceeFusion, IdenticalModelsGiveTheBaseAndThreeModelsAreRefused) {
   const tensor::Shape shape{20, 30};
   const auto in = dense_inputs(shape, 2, 0.1, 101);
-  EXPECT_EQ(run("arcee_fusion", make_entry(shape, 1), {in[0], in[0]}).data, in[0].data);
-  expect_error([&] { run("arcee_fusion", make_entry(shape, 2), in); }, "exactly two");
+  EXPECT_EQ(run_method("arcee_fusion", make_entry(shape, 1), {in[0], in[0]}).data, in[0].data);
+  expect_error([&] { run_method("arcee_fusion", make_entry(shape, 2), in); }, "exactly two");
 }
 
 // ---- common ------------------------------------------------------------------------------
@@ -617,7 +613,7 @@ TEST(Selective, OutputDoesNotDependOnTheChunkSize) {
                                          {"nearswap", {{"t", 1e-3}}, &two},
                                          {"arcee_fusion", {}, &two}}) {
     const PlanEntry e = make_entry(shape, c.in->size() - 1, c.global);
-    const Tensor whole = run(c.method, e, *c.in);
+    const Tensor whole = run_method(c.method, e, *c.in);
     for (size_t rows : {1, 7, 600}) {
       EXPECT_EQ(run_chunked(c.method, e, *c.in, rows * 1000).data, whole.data)
           << c.method << " chunk of " << rows << " rows";
@@ -631,7 +627,7 @@ TEST(Selective, ATensorOnlyTheBaseHasIsCopied) {
   for (const char* m : {"sce", "ram", "ramplus_tl", "nearswap", "arcee_fusion"}) {
     const Params g = std::string(m) == "nearswap" ? Params{{"t", 0.1}} : Params{};
     const PlanEntry e = make_entry(shape, 0, g);
-    EXPECT_EQ(run(m, e, {base}).data, base.data) << m;
+    EXPECT_EQ(run_method(m, e, {base}).data, base.data) << m;
     EXPECT_TRUE(merge::method_or_fail(m).copies_input(e)) << m;
   }
 }
@@ -643,7 +639,7 @@ TEST(Selective, NeedTheBase) {
     PlanEntry e =
         make_entry(shape, 1, std::string(m) == "nearswap" ? Params{{"t", 0.1}} : Params{});
     e.base.reset();
-    expect_error([&] { run(m, e, in); }, "base_model");
+    expect_error([&] { run_method(m, e, in); }, "base_model");
     EXPECT_TRUE(merge::method_or_fail(m).requires_base()) << m;
   }
 }
@@ -698,8 +694,9 @@ TEST(Selective, MethodInfo) {
 TEST(Selective, Int8MaskHasNoNumericEffect) {
   const tensor::Shape shape{40, 50};
   const auto in = dense_inputs(shape, 3, 0.01, 141);
-  EXPECT_EQ(run("sce", make_entry(shape, 3, {{"select_topk", 0.4}, {"int8_mask", 1}}), in).data,
-            run("sce", make_entry(shape, 3, {{"select_topk", 0.4}}), in).data);
+  EXPECT_EQ(
+      run_method("sce", make_entry(shape, 3, {{"select_topk", 0.4}, {"int8_mask", 1}}), in).data,
+      run_method("sce", make_entry(shape, 3, {{"select_topk", 0.4}}), in).data);
 }
 
 // ---- end to end through the CLI ----------------------------------------------------------

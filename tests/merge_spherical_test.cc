@@ -64,12 +64,6 @@ PlanEntry make_entry(const tensor::Shape& shape, const std::vector<Params>& per_
   return e;
 }
 
-Tensor run(const std::string& method, const PlanEntry& e, const std::vector<Tensor>& inputs) {
-  std::vector<const Tensor*> ptrs;
-  for (const auto& t : inputs) ptrs.push_back(&t);
-  return merge::method_or_fail(method).merge(e, ptrs);
-}
-
 Vec to64(const Tensor& t) { return Vec(t.data.begin(), t.data.end()); }
 std::vector<Vec> to64(const std::vector<Tensor>& ts) {
   std::vector<Vec> out;
@@ -90,14 +84,8 @@ void expect_close(const Tensor& got, const Vec& want, double rel = 1e-5, double 
   EXPECT_EQ(bad, 0u);
 }
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
+using testing::run_method;
 
 // ---- fp64 references, from the spec's formulas on whole vectors ----
 
@@ -313,7 +301,8 @@ TEST(Nuslerp, TwoModelsEveryLayoutAndShape) {
                                static_cast<int>(c.layout)));
       auto e = make_entry(shape, {{{"weight", 0.7}}, {{"weight", 0.5}}}, std::nullopt, c.global);
       const double t = 0.5 / 1.2;
-      expect_close(run("nuslerp", e, x), nuslerp_ref(t, to64(x[0]), to64(x[1]), shape, c.layout));
+      expect_close(run_method("nuslerp", e, x),
+                   nuslerp_ref(t, to64(x[0]), to64(x[1]), shape, c.layout));
     }
   }
 }
@@ -330,7 +319,7 @@ TEST(Nuslerp, TaskVectorsFromAThirdBaseModel) {
                                static_cast<int>(c.layout)));
       auto e = make_entry(shape, {{{"weight", 1.0}}, {}, {{"weight", 3.0}}}, 1, c.global);
       const Vec delta = nuslerp_ref(0.75, sub(to64(f[1]), b), sub(to64(f[2]), b), shape, c.layout);
-      expect_close(run("nuslerp", e, x), add(b, delta));
+      expect_close(run_method("nuslerp", e, x), add(b, delta));
     }
   }
 }
@@ -341,8 +330,8 @@ TEST(Nuslerp, ReproducesSlerpWithWeightsOneMinusTAndT) {
   for (double t : {0.0, 0.3, 0.5, 1.0}) {
     auto nu = make_entry(shape, {{{"weight", 1 - t}}, {{"weight", t}}}, std::nullopt);
     auto sl = make_entry(shape, {{}, {}}, 0, {{"t", t}});
-    const Tensor a = run("nuslerp", nu, x);
-    expect_close(a, to64(run("slerp", sl, x)), 1e-6, 1e-6);
+    const Tensor a = run_method("nuslerp", nu, x);
+    expect_close(a, to64(run_method("slerp", sl, x)), 1e-6, 1e-6);
     expect_close(a, nuslerp_ref(t, to64(x[0]), to64(x[1]), shape, Layout::kFlat));
   }
 }
@@ -353,10 +342,10 @@ TEST(Nuslerp, SymmetricAndZeroSumWeightsMeanHalf) {
   std::vector<Tensor> swapped = {x[1], x[0]};
   auto e = make_entry(shape, {{{"weight", 0.2}}, {{"weight", 0.6}}}, std::nullopt);
   auto es = make_entry(shape, {{{"weight", 0.6}}, {{"weight", 0.2}}}, std::nullopt);
-  expect_close(run("nuslerp", es, swapped), to64(run("nuslerp", e, x)), 1e-6, 1e-6);
+  expect_close(run_method("nuslerp", es, swapped), to64(run_method("nuslerp", e, x)), 1e-6, 1e-6);
   // Weights summing to 0 (mergekit's test: -0.5 / 0.5) give t = 0.5 instead of a division by 0.
   auto zero = make_entry(shape, {{{"weight", -0.5}}, {{"weight", 0.5}}}, std::nullopt);
-  expect_close(run("nuslerp", zero, x),
+  expect_close(run_method("nuslerp", zero, x),
                nuslerp_ref(0.5, to64(x[0]), to64(x[1]), shape, Layout::kFlat));
 }
 
@@ -371,7 +360,7 @@ TEST(Nuslerp, ColinearInputsFallBackToLerp) {
       auto e = make_entry(shape, {{{"weight", 0.7}}, {{"weight", 0.3}}}, std::nullopt, c.global);
       Vec want(a.data.size());
       for (size_t j = 0; j < want.size(); ++j) want[j] = 0.7 * a.data[j] + 0.3 * b.data[j];
-      expect_close(run("nuslerp", e, {a, b}), want, 1e-6, 1e-6);
+      expect_close(run_method("nuslerp", e, {a, b}), want, 1e-6, 1e-6);
     }
   }
   // A zero task vector is not colinear: a^ = 0 gives theta = 90 degrees (mergekit's maths).
@@ -379,39 +368,40 @@ TEST(Nuslerp, ColinearInputsFallBackToLerp) {
   auto e = make_entry(shape, {{}, {{"weight", 1.0}}, {{"weight", 1.0}}}, 0);
   Vec want = to64(f[0]);
   axpy(want, std::sin(0.5 * std::numbers::pi / 2), sub(to64(f[1]), to64(f[0])));
-  expect_close(run("nuslerp", e, {f[0], f[0], f[1]}), want);
+  expect_close(run_method("nuslerp", e, {f[0], f[0], f[1]}), want);
 }
 
 TEST(Nuslerp, SingleInputPassesThroughAndCountsAreChecked) {
   const tensor::Shape shape{16, 8};
   std::vector<Tensor> f = family(shape, 3, 80);
-  expect_close(run("nuslerp", make_entry(shape, {{{"weight", 0.3}}}, std::nullopt), {f[1]}),
+  expect_close(run_method("nuslerp", make_entry(shape, {{{"weight", 0.3}}}, std::nullopt), {f[1]}),
                to64(f[1]), 0, 0);
   EXPECT_TRUE(merge::method_or_fail("nuslerp").copies_input(make_entry(shape, {{}}, 0)));
   expect_error(
       [&] {
-        run("nuslerp", make_entry(shape, {{}, {{"weight", 1.0}}}, 0), {f[0], f[1]});
+        run_method("nuslerp", make_entry(shape, {{}, {{"weight", 1.0}}}, 0), {f[0], f[1]});
       },
       "can not be one of the two models");
   expect_error(
       [&] {
-        run("nuslerp",
-            make_entry(shape, {{{"weight", 1.0}}, {{"weight", 1.0}}, {{"weight", 1.0}}},
-                       std::nullopt),
-            {f[1], f[2], f[3]});
+        run_method("nuslerp",
+                   make_entry(shape, {{{"weight", 1.0}}, {{"weight", 1.0}}, {{"weight", 1.0}}},
+                              std::nullopt),
+                   {f[1], f[2], f[3]});
       },
       "exactly two models");
   expect_error(
       [&] {
-        run("nuslerp", make_entry(shape, {{{"weight", 1.0}}, {}}, std::nullopt), {f[1], f[2]});
+        run_method("nuslerp", make_entry(shape, {{{"weight", 1.0}}, {}}, std::nullopt),
+                   {f[1], f[2]});
       },
       "'weight'");
   expect_error(
       [&] {
-        run("nuslerp",
-            make_entry(shape, {{{"weight", 1.0}}, {{"weight", 1.0}}}, std::nullopt,
-                       {{"nuslerp_row_wise", 2}}),
-            {f[1], f[2]});
+        run_method("nuslerp",
+                   make_entry(shape, {{{"weight", 1.0}}, {{"weight", 1.0}}}, std::nullopt,
+                              {{"nuslerp_row_wise", 2}}),
+                   {f[1], f[2]});
       },
       "switch");
 }
@@ -429,13 +419,13 @@ TEST(Multislerp, WithAndWithoutBaseEveryShape) {
                              random_tensor(shape, seed + 7, 3.0)};
     auto e = make_entry(shape, {{{"weight", w[0]}}, {{"weight", w[1]}}, {{"weight", w[2]}}},
                         std::nullopt);
-    expect_close(run("multislerp", e, x), multislerp_ref(to64(x), w, nullptr, true, 1e-8));
+    expect_close(run_method("multislerp", e, x), multislerp_ref(to64(x), w, nullptr, true, 1e-8));
     // With a base (source 0): task vectors, base added back.
     auto eb =
         make_entry(shape, {{}, {{"weight", w[0]}}, {{"weight", w[1]}}, {{"weight", w[2]}}}, 0);
     const std::vector<Vec> ft = {to64(f[1]), to64(f[2]), to64(f[3])};
     const Vec b = to64(f[0]);
-    expect_close(run("multislerp", eb, f), multislerp_ref(ft, w, &b, true, 1e-8));
+    expect_close(run_method("multislerp", eb, f), multislerp_ref(ft, w, &b, true, 1e-8));
   }
 }
 
@@ -446,7 +436,7 @@ TEST(Multislerp, UnnormalizedWeightsAndEps) {
   auto e = make_entry(shape, {{}, {{"weight", w[0]}}, {{"weight", w[1]}}}, 0,
                       {{"normalize_weights", 0}, {"eps", 1e-3}});
   const Vec b = to64(f[0]);
-  expect_close(run("multislerp", e, f),
+  expect_close(run_method("multislerp", e, f),
                multislerp_ref({to64(f[1]), to64(f[2])}, w, &b, false, 1e-3));
 }
 
@@ -454,10 +444,12 @@ TEST(Multislerp, EdgeCases) {
   const tensor::Shape shape{37, 53};
   std::vector<Tensor> f = family(shape, 3, 160);
   // One model (with or without the base) passes through unchanged.
-  expect_close(run("multislerp", make_entry(shape, {{}, {{"weight", 0.3}}}, 0), {f[0], f[1]}),
-               to64(f[1]), 0, 0);
-  expect_close(run("multislerp", make_entry(shape, {{{"weight", 0.3}}}, std::nullopt), {f[2]}),
-               to64(f[2]), 0, 0);
+  expect_close(
+      run_method("multislerp", make_entry(shape, {{}, {{"weight", 0.3}}}, 0), {f[0], f[1]}),
+      to64(f[1]), 0, 0);
+  expect_close(
+      run_method("multislerp", make_entry(shape, {{{"weight", 0.3}}}, std::nullopt), {f[2]}),
+      to64(f[2]), 0, 0);
   // Two antipodal task vectors with equal weights: lerp (mergekit's fallback), i.e. the base.
   Tensor mirror(shape);
   for (size_t j = 0; j < mirror.data.size(); ++j) {
@@ -469,19 +461,23 @@ TEST(Multislerp, EdgeCases) {
     want[j] = f[0].data[j] + 0.5 * (f[1].data[j] - f[0].data[j]) +
               0.5 * (static_cast<double>(mirror.data[j]) - f[0].data[j]);
   }
-  expect_close(run("multislerp", two, {f[0], f[1], mirror}), want, 1e-6, 1e-6);
+  expect_close(run_method("multislerp", two, {f[0], f[1], mirror}), want, 1e-6, 1e-6);
   // Three that cancel: mergekit raises; so does amalgam, naming the tensor.
   auto three = make_entry(shape, {{}, {{"weight", 2.0}}, {{"weight", 1.0}}, {{"weight", 1.0}}}, 0);
-  expect_error([&] { run("multislerp", three, {f[0], f[1], mirror, mirror}); }, "cancel out");
+  expect_error(
+      [&] {
+        run_method("multislerp", three, {f[0], f[1], mirror, mirror});
+      },
+      "cancel out");
   // Every task vector zero (no fine-tune changed the tensor): the base, not an error.
-  expect_close(run("multislerp", three, {f[0], f[0], f[0], f[0]}), to64(f[0]), 0, 0);
+  expect_close(run_method("multislerp", three, {f[0], f[0], f[0], f[0]}), to64(f[0]), 0, 0);
   // Weights summing to 0 cannot be normalised.
   auto zero = make_entry(shape, {{}, {{"weight", 1.0}}, {{"weight", -1.0}}}, 0);
-  expect_error([&] { run("multislerp", zero, {f[0], f[1], f[2]}); }, "sum to 0");
+  expect_error([&] { run_method("multislerp", zero, {f[0], f[1], f[2]}); }, "sum to 0");
   auto eps = make_entry(shape, {{}, {{"weight", 1.0}}, {{"weight", 1.0}}}, 0, {{"eps", 0}});
-  expect_error([&] { run("multislerp", eps, {f[0], f[1], f[2]}); }, "'eps' must be > 0");
+  expect_error([&] { run_method("multislerp", eps, {f[0], f[1], f[2]}); }, "'eps' must be > 0");
   auto missing = make_entry(shape, {{}, {{"weight", 1.0}}, {}}, 0);
-  expect_error([&] { run("multislerp", missing, {f[0], f[1], f[2]}); }, "'weight'");
+  expect_error([&] { run_method("multislerp", missing, {f[0], f[1], f[2]}); }, "'weight'");
 }
 
 // The single tangent step vanishes: sum_i w_i tau_i = m - (m . mhat) mhat = 0, so multislerp is
@@ -500,7 +496,7 @@ TEST(Multislerp, IsTheScaledMeanDirection) {
   }
   auto e =
       make_entry(shape, {{{"weight", w[0]}}, {{"weight", w[1]}}, {{"weight", w[2]}}}, std::nullopt);
-  expect_close(run("multislerp", e, x), scaled(m, scale / norm(m)));
+  expect_close(run_method("multislerp", e, x), scaled(m, scale / norm(m)));
 }
 
 // ---- karcher ----
@@ -527,10 +523,10 @@ TEST(Karcher, MatchesTheIterationEveryShape) {
     std::vector<Tensor> x = uneven_points(shape, seed += 3);
     x.pop_back();
     auto e = make_entry(shape, {{}, {}, {}}, std::nullopt);
-    expect_close(run("karcher", e, x), karcher_ref(to64(x), 10, 1e-5));
+    expect_close(run_method("karcher", e, x), karcher_ref(to64(x), 10, 1e-5));
     // Fine-tunes of one base (small angles); the base is one more ordinary point.
     std::vector<Tensor> f = family(shape, 2, seed++);
-    expect_close(run("karcher", make_entry(shape, {{}, {}, {}}, 0), f),
+    expect_close(run_method("karcher", make_entry(shape, {{}, {}, {}}, 0), f),
                  karcher_ref(to64(f), 10, 1e-5));
   }
 }
@@ -546,13 +542,13 @@ TEST(Karcher, IterationsAndTolerance) {
       SCOPED_TRACE(fmt::format("max_iter {} tol {}", iters, tol));
       auto e =
           make_entry(shape, {{}, {}, {}, {}}, std::nullopt, {{"max_iter", iters}, {"tol", tol}});
-      expect_close(run("karcher", e, x), karcher_ref(to64(x), static_cast<int>(iters), tol));
+      expect_close(run_method("karcher", e, x), karcher_ref(to64(x), static_cast<int>(iters), tol));
     }
   }
   // More iterations converge: 50 and 100 agree closely.
   auto a = make_entry(shape, {{}, {}, {}, {}}, std::nullopt, {{"max_iter", 50}, {"tol", 0}});
   auto b = make_entry(shape, {{}, {}, {}, {}}, std::nullopt, {{"max_iter", 100}, {"tol", 0}});
-  expect_close(run("karcher", a, x), to64(run("karcher", b, x)), 1e-6, 1e-6);
+  expect_close(run_method("karcher", a, x), to64(run_method("karcher", b, x)), 1e-6, 1e-6);
 }
 
 TEST(Karcher, ZeroTensorsAndEdgeCases) {
@@ -562,37 +558,39 @@ TEST(Karcher, ZeroTensorsAndEdgeCases) {
   // A zero tensor has no direction: left out of the mean, but counted in the mean norm.
   auto e = make_entry(shape, {{}, {}, {}}, std::nullopt);
   const Vec got_ref = karcher_ref(to64(x), 10, 1e-5);
-  expect_close(run("karcher", e, x), got_ref);
+  expect_close(run_method("karcher", e, x), got_ref);
   const Vec two = karcher_ref({to64(x[0]), to64(x[2])}, 10, 1e-5);
-  expect_close(run("karcher", e, x), scaled(two, 2.0 / 3.0));
+  expect_close(run_method("karcher", e, x), scaled(two, 2.0 / 3.0));
   // All zero: zeros.
-  expect_close(run("karcher", e, {zero, zero, zero}), Vec(zero.data.size(), 0.0), 0, 0);
+  expect_close(run_method("karcher", e, {zero, zero, zero}), Vec(zero.data.size(), 0.0), 0, 0);
   // Identical inputs: that tensor.
-  expect_close(run("karcher", e, {x[0], x[0], x[0]}), to64(x[0]), 1e-6, 1e-6);
+  expect_close(run_method("karcher", e, {x[0], x[0], x[0]}), to64(x[0]), 1e-6, 1e-6);
   // One input passes through.
-  expect_close(run("karcher", make_entry(shape, {{}}, std::nullopt), {x[2]}), to64(x[2]), 0, 0);
+  expect_close(run_method("karcher", make_entry(shape, {{}}, std::nullopt), {x[2]}), to64(x[2]), 0,
+               0);
   // Opposite points have no spherical mean.
   Tensor neg(shape);
   for (size_t j = 0; j < neg.data.size(); ++j) neg.data[j] = -x[0].data[j];
   expect_error(
       [&] {
-        run("karcher", make_entry(shape, {{}, {}}, std::nullopt), {x[0], neg});
+        run_method("karcher", make_entry(shape, {{}, {}}, std::nullopt), {x[0], neg});
       },
       "antipodal");
   // Parameters: max_iter is a whole number >= 0, tol >= 0.
   expect_error(
       [&] {
-        run("karcher", make_entry(shape, {{}, {}, {}}, std::nullopt, {{"max_iter", 2.5}}), x);
+        run_method("karcher", make_entry(shape, {{}, {}, {}}, std::nullopt, {{"max_iter", 2.5}}),
+                   x);
       },
       "whole number");
   expect_error(
       [&] {
-        run("karcher", make_entry(shape, {{}, {}, {}}, std::nullopt, {{"max_iter", -1}}), x);
+        run_method("karcher", make_entry(shape, {{}, {}, {}}, std::nullopt, {{"max_iter", -1}}), x);
       },
       "out of range");
   expect_error(
       [&] {
-        run("karcher", make_entry(shape, {{}, {}, {}}, std::nullopt, {{"tol", -1e-5}}), x);
+        run_method("karcher", make_entry(shape, {{}, {}, {}}, std::nullopt, {{"tol", -1e-5}}), x);
       },
       "out of range");
 }
@@ -611,7 +609,7 @@ TEST(ModelStock, PerTensorAndFilterWiseEveryShape) {
                                  count, filter_wise));
         auto e =
             make_entry(shape, std::vector<Params>(count + 1), 0, {{"filter_wise", filter_wise}});
-        expect_close(run("model_stock", e, f),
+        expect_close(run_method("model_stock", e, f),
                      model_stock_ref(to64(f[0]), ws, shape, filter_wise != 0));
       }
     }
@@ -623,7 +621,7 @@ TEST(ModelStock, BaseAnywhereAndOppositeDirections) {
   std::vector<Tensor> f = family(shape, 3, 350);
   // The base is the second source.
   auto e = make_entry(shape, {{}, {}, {}, {}}, 1);
-  expect_close(run("model_stock", e, {f[1], f[0], f[2], f[3]}),
+  expect_close(run_method("model_stock", e, {f[1], f[0], f[2], f[3]}),
                model_stock_ref(to64(f[0]), {to64(f[1]), to64(f[2]), to64(f[3])}, shape, false));
   // Task vectors at more than 90 degrees give t < 0 (extrapolation away from the mean), as in
   // mergekit; exactly opposite ones make t infinite: a clear error.
@@ -634,11 +632,15 @@ TEST(ModelStock, BaseAnywhereAndOppositeDirections) {
     mirror.data[j] = 2 * f[0].data[j] - f[1].data[j];
   }
   auto two = make_entry(shape, {{}, {}, {}}, 0);
-  expect_close(run("model_stock", two, {f[0], f[1], far}),
+  expect_close(run_method("model_stock", two, {f[0], f[1], far}),
                model_stock_ref(to64(f[0]), {to64(f[1]), to64(far)}, shape, false));
-  expect_error([&] { run("model_stock", two, {f[0], f[1], mirror}); }, "cancel out");
+  expect_error([&] { run_method("model_stock", two, {f[0], f[1], mirror}); }, "cancel out");
   auto rows = make_entry(shape, {{}, {}, {}}, 0, {{"filter_wise", 1}});
-  expect_error([&] { run("model_stock", rows, {f[0], f[1], mirror}); }, "row 0 (filter_wise)");
+  expect_error(
+      [&] {
+        run_method("model_stock", rows, {f[0], f[1], mirror});
+      },
+      "row 0 (filter_wise)");
 }
 
 // Task vectors so small that the product of their norms is below 1e-6: the clamp shrinks cos.
@@ -653,8 +655,8 @@ TEST(ModelStock, TinyTaskVectorsHitTheNormClamp) {
   std::vector<Vec> ws = {to64(x[1]), to64(x[2]), to64(x[3])};
   for (double filter_wise : {0.0, 1.0}) {
     auto e = make_entry(shape, {{}, {}, {}, {}}, 0, {{"filter_wise", filter_wise}});
-    expect_close(run("model_stock", e, x), model_stock_ref(to64(base), ws, shape, filter_wise != 0),
-                 1e-5, 1e-12);
+    expect_close(run_method("model_stock", e, x),
+                 model_stock_ref(to64(base), ws, shape, filter_wise != 0), 1e-5, 1e-12);
   }
 }
 
@@ -663,22 +665,22 @@ TEST(ModelStock, NeedsTheBaseAndTwoOthers) {
   std::vector<Tensor> f = family(shape, 2, 360);
   expect_error(
       [&] {
-        run("model_stock", make_entry(shape, {{}, {}}, 0), {f[0], f[1]});
+        run_method("model_stock", make_entry(shape, {{}, {}}, 0), {f[0], f[1]});
       },
       "at least 3 models");
   expect_error(
       [&] {
-        run("model_stock", make_entry(shape, {{}, {}, {}}, std::nullopt), f);
+        run_method("model_stock", make_entry(shape, {{}, {}, {}}, std::nullopt), f);
       },
       "needs a base_model");
   // Only the base has the tensor: it passes through.
-  expect_close(run("model_stock", make_entry(shape, {{}}, 0), {f[0]}), to64(f[0]), 0, 0);
+  expect_close(run_method("model_stock", make_entry(shape, {{}}, 0), {f[0]}), to64(f[0]), 0, 0);
   // All fine-tunes equal to the base: zero task vectors, cos = 0, t = 0: the base.
-  expect_close(run("model_stock", make_entry(shape, {{}, {}, {}}, 0), {f[0], f[0], f[0]}),
+  expect_close(run_method("model_stock", make_entry(shape, {{}, {}, {}}, 0), {f[0], f[0], f[0]}),
                to64(f[0]), 0, 0);
   expect_error(
       [&] {
-        run("model_stock", make_entry(shape, {{}, {}, {}}, 0, {{"filter_wise", 0.5}}), f);
+        run_method("model_stock", make_entry(shape, {{}, {}, {}}, 0, {{"filter_wise", 0.5}}), f);
       },
       "switch");
 }

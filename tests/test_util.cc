@@ -1,5 +1,6 @@
 #include "test_util.h"
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <array>
@@ -7,6 +8,9 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+
+#include "core/error.h"
+#include "merge/method.h"
 
 namespace amalgam::testing {
 
@@ -42,6 +46,22 @@ CommandResult run_amalgam(const std::string& args) {
 void write_file(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;
+}
+
+void expect_error(const std::function<void()>& f, const std::string& part) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+tensor::Tensor run_method(const std::string& method, const merge::PlanEntry& entry,
+                          const std::vector<tensor::Tensor>& inputs, uint64_t seed) {
+  std::vector<const tensor::Tensor*> ptrs;
+  for (const auto& t : inputs) ptrs.push_back(&t);
+  return merge::method_or_fail(method).merge(entry, ptrs, seed);
 }
 
 std::string read_file(const fs::path& path) {

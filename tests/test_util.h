@@ -2,7 +2,12 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <vector>
+
+#include "merge/plan.h"
+#include "tensor/tensor.h"
 
 namespace amalgam::testing {
 
@@ -31,5 +36,12 @@ CommandResult run_amalgam(const std::string& args);
 void write_file(const std::filesystem::path& path, const std::string& text);
 // The whole file ("" when it cannot be read).
 std::string read_file(const std::filesystem::path& path);
+
+// Expects f() to throw an amalgam Error whose message contains `part`.
+void expect_error(const std::function<void()>& f, const std::string& part);
+
+// Runs merge method `method` on whole fp32 tensors, one per source of `entry`.
+tensor::Tensor run_method(const std::string& method, const merge::PlanEntry& entry,
+                          const std::vector<tensor::Tensor>& inputs, uint64_t seed = 0);
 
 }  // namespace amalgam::testing

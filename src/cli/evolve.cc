@@ -44,10 +44,11 @@ void run_evolve(const EvolveArgs& args) {
     return;
   }
   std::fputs(evolve::summary_table(r).c_str(), stdout);
-  core::info("{} evaluations in {:.1f} s ({:.1f}/min; merging {:.0f}% of the time); best recipe: {}",
-             r.evaluations, r.seconds, r.seconds > 0 ? 60.0 * r.evaluations / r.seconds : 0.0,
-             r.seconds > 0 ? 100.0 * r.merge_seconds / r.seconds : 0.0,
-             (std::filesystem::path(args.out) / "best.yaml").string());
+  core::info(
+      "{} evaluations in {:.1f} s ({:.1f}/min; merging {:.0f}% of the time); best recipe: {}",
+      r.evaluations, r.seconds, r.seconds > 0 ? 60.0 * r.evaluations / r.seconds : 0.0,
+      r.seconds > 0 ? 100.0 * r.merge_seconds / r.seconds : 0.0,
+      (std::filesystem::path(args.out) / "best.yaml").string());
 }
 
 }  // namespace

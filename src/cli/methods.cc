@@ -42,7 +42,9 @@ std::string base_role(merge::BaseRole r) {
   return "?";
 }
 
-std::string bound(double v) { return std::isinf(v) ? (v < 0 ? "-inf" : "inf") : fmt::format("{}", v); }
+std::string bound(double v) {
+  return std::isinf(v) ? (v < 0 ? "-inf" : "inf") : fmt::format("{}", v);
+}
 
 std::string default_text(const merge::ParamSpec& p) {
   if (!p.default_value) return "required";
@@ -65,9 +67,12 @@ nlohmann::ordered_json to_json(const merge::MethodInfo& m) {
     if (p.searchable) j["search_range"] = {p.search_min, p.search_max};
     params.push_back(j);
   }
-  return {{"name", m.name},       {"title", m.title},
-          {"reference", m.reference}, {"summary", m.summary},
-          {"base_model", base_role(m.base)}, {"random", m.random},
+  return {{"name", m.name},
+          {"title", m.title},
+          {"reference", m.reference},
+          {"summary", m.summary},
+          {"base_model", base_role(m.base)},
+          {"random", m.random},
           {"inputs", m.inputs ? nlohmann::ordered_json(*m.inputs) : nullptr},
           {"parameters", params}};
 }

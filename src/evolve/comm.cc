@@ -21,8 +21,8 @@ class MpiComm : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void sum(std::vector<double>& values) override {
-    MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE,
-                  MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE, MPI_SUM,
+                  MPI_COMM_WORLD);
   }
   bool any(bool value) override {
     int v = value ? 1 : 0;
@@ -41,8 +41,8 @@ bool mpi_available() { return true; }
 std::unique_ptr<Comm> make_comm(int* argc, char*** argv) {
   // Started by mpirun / srun? Otherwise stay a plain local process: a singleton MPI_Init costs
   // time and may refuse to run in containers.
-  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") ||
-                        std::getenv("PMIX_RANK");
+  const bool launched =
+      std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
   if (!launched) return std::make_unique<Comm>();
   int initialized = 0;
   MPI_Initialized(&initialized);

@@ -127,10 +127,10 @@ class Reader {
   std::string where_;
 };
 
-const std::vector<std::string> kKeys = {
-    "base_model", "models",     "search",     "method",   "layer_groups", "filters",
-    "parameters", "ranges",     "dfs",        "tasks",    "validation",   "baselines",
-    "budget",     "population", "sigma0",     "seed"};
+const std::vector<std::string> kKeys = {"base_model",   "models",     "search",     "method",
+                                        "layer_groups", "filters",    "parameters", "ranges",
+                                        "dfs",          "tasks",      "validation", "baselines",
+                                        "budget",       "population", "sigma0",     "seed"};
 
 }  // namespace
 

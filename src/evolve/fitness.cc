@@ -12,9 +12,10 @@ Evaluator::Evaluator(const std::vector<TaskSpec>& specs, const tokenizer::Tokeni
   for (const auto& spec : specs) {
     eval::Task task = eval::load_task(spec.file);
     if (task.kind != eval::TaskKind::kGeneration) {
-      fail("{}: recipe search scores generation tasks ({{prompt, answer}} items); this is a {} "
-           "task",
-           spec.file.string(), eval::task_kind_name(task.kind));
+      fail(
+          "{}: recipe search scores generation tasks ({{prompt, answer}} items); this is a {} "
+          "task",
+          spec.file.string(), eval::task_kind_name(task.kind));
     }
     if (spec.offset + spec.limit > task.generation.size()) {
       fail("{}: items [{}, {}) asked for, but the task has {} items", spec.file.string(),
@@ -38,8 +39,8 @@ Evaluator::Evaluator(const std::vector<TaskSpec>& specs, const tokenizer::Tokeni
       const std::vector<int32_t> whole = tokenizer.encode(item.prompt + item.answer, true);
       const bool prefix = whole.size() > s.context.size() &&
                           std::equal(s.context.begin(), s.context.end(), whole.begin());
-      s.continuation = prefix ? std::vector<int32_t>(whole.begin() + s.context.size(), whole.end())
-                              : answer;
+      s.continuation =
+          prefix ? std::vector<int32_t>(whole.begin() + s.context.size(), whole.end()) : answer;
       p.scoring.push_back(std::move(s));
       p.answers.push_back(item.answer);
     }

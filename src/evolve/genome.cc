@@ -42,8 +42,8 @@ std::vector<double> Genome::initial_unit() const {
 }
 
 std::vector<double> Genome::values(const std::vector<double>& unit) const {
-  AMALGAM_CHECK(unit.size() == genes_.size(), "genome of {} genes given {} values",
-                genes_.size(), unit.size());
+  AMALGAM_CHECK(unit.size() == genes_.size(), "genome of {} genes given {} values", genes_.size(),
+                unit.size());
   std::vector<double> v(unit.size());
   for (size_t i = 0; i < v.size(); ++i) {
     const double u = std::clamp(unit[i], 0.0, 1.0);
@@ -58,10 +58,10 @@ PsGenome::PsGenome(const EvolveConfig& config, std::vector<SearchModel> models)
   const int64_t layers = models_[0].num_layers;
   for (const auto& m : models_) {
     if (m.num_layers != layers) {
-      fail("{}: '{}' has {} layers but '{}' has {}; parameter-space search merges models of one "
-           "shape",
-           config.source.string(), m.path.string(), m.num_layers, models_[0].path.string(),
-           layers);
+      fail(
+          "{}: '{}' has {} layers but '{}' has {}; parameter-space search merges models of one "
+          "shape",
+          config.source.string(), m.path.string(), m.num_layers, models_[0].path.string(), layers);
     }
   }
   const int64_t groups = std::min(config.layer_groups.value_or(layers), layers);
@@ -122,12 +122,12 @@ std::string PsGenome::recipe(const std::vector<double>& unit) const {
     return out + "]";
   };
   std::string y = fmt::format("merge_method: {}\n", config_.method);
-  const std::string base =
-      per_model_ ? (config_.base_model ? config_.base_model->string() : "") : models_[0].path.string();
+  const std::string base = per_model_ ? (config_.base_model ? config_.base_model->string() : "")
+                                      : models_[0].path.string();
   if (!base.empty()) y += fmt::format("base_model: {}\n", yaml_quote(base));
   std::map<std::string, double> fixed = config_.parameters;
-  const bool normalizes = config_.method == "ties" || config_.method == "dare_ties" ||
-                          config_.method == "linear";
+  const bool normalizes =
+      config_.method == "ties" || config_.method == "dare_ties" || config_.method == "linear";
   if (normalizes && !fixed.count("normalize")) fixed["normalize"] = 1;  // as mergekit-evolve
   if (!fixed.empty()) {
     y += "parameters:\n";

@@ -64,9 +64,8 @@ std::string line_chart_svg(const std::string& title, const std::string& y_label,
         points += fmt::format("{:.1f},{:.1f} ", x_of(i), y_of(*s.y[i]));
       }
     }
-    svg += fmt::format(
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>\n", points,
-        s.color);
+    svg += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>\n",
+                       points, s.color);
     const double ly = kTop + 14 + 18.0 * k;
     svg += fmt::format(
         "<line x1=\"{0}\" x2=\"{1}\" y1=\"{2}\" y2=\"{2}\" stroke=\"{3}\" stroke-width=\"3\"/>"

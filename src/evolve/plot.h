@@ -10,7 +10,7 @@ namespace amalgam::evolve {
 
 struct Series {
   std::string label;
-  std::string color;                      // CSS colour
+  std::string color;                     // CSS colour
   std::vector<std::optional<double>> y;  // per generation; nullopt: no point
 };
 

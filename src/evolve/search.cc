@@ -204,9 +204,10 @@ class SearchRun {
     const fs::path path = options_.run_dir / "state.json";
     if (!options_.resume) {
       if (rank0() && fs::exists(path)) {
-        fail("{} holds a search already (state.json); continue it with --resume or choose another "
-             "run directory",
-             options_.run_dir.string());
+        fail(
+            "{} holds a search already (state.json); continue it with --resume or choose another "
+            "run directory",
+            options_.run_dir.string());
       }
       return json();
     }
@@ -215,9 +216,10 @@ class SearchRun {
     }
     json state = json::parse(core::read_text_file(path));
     if (state.value("config", std::string()) != config_.text) {
-      fail("--resume: the config differs from the one {} was started with; a resumed search must "
-           "use the same config",
-           options_.run_dir.string());
+      fail(
+          "--resume: the config differs from the one {} was started with; a resumed search must "
+          "use the same config",
+          options_.run_dir.string());
     }
     return state;
   }
@@ -298,11 +300,11 @@ class SearchRun {
     }
     std::vector<Series> series = {mean, top, best};
     if (validation_) series.push_back(val);
-    write_atomically(options_.run_dir / "fitness.svg",
-                     line_chart_svg(fmt::format("amalgam evolve: {} ({})",
-                                                config_.source.filename().string(),
-                                                search_name(config_.search)),
-                                    "fitness (validation: accuracy)", series));
+    write_atomically(
+        options_.run_dir / "fitness.svg",
+        line_chart_svg(fmt::format("amalgam evolve: {} ({})", config_.source.filename().string(),
+                                   search_name(config_.search)),
+                       "fitness (validation: accuracy)", series));
   }
 
   void run_stage(int64_t stage, const std::string& name, const Genome& genome, int64_t budget,
@@ -315,8 +317,8 @@ class SearchRun {
     if (config_.population) o.population = *config_.population;
     o.seed = config_.seed + static_cast<uint64_t>(stage);
     CmaEs es = state.is_null() ? CmaEs(o)
-                              : CmaEs::from_json(state.at("optimizer"),
-                                                 (options_.run_dir / "state.json").string());
+                               : CmaEs::from_json(state.at("optimizer"),
+                                                  (options_.run_dir / "state.json").string());
     if (!state.is_null()) {
       restore(state);
     } else {
@@ -326,8 +328,8 @@ class SearchRun {
     const size_t tasks = config_.tasks.size();
     const size_t width = tasks + 3;  // fitness, scores..., merge s, eval s
     if (rank0()) {
-      core::info("evolve {}: {} genes, population {}, budget {} evaluations{}", name,
-                 genome.size(), es.population_size(), budget,
+      core::info("evolve {}: {} genes, population {}, budget {} evaluations{}", name, genome.size(),
+                 es.population_size(), budget,
                  comm_.size() > 1 ? fmt::format(", {} ranks", comm_.size()) : std::string());
     }
     while (stage_evaluations_ < budget && evaluations_ < config_.max_evaluations) {
@@ -380,7 +382,8 @@ class SearchRun {
         }
         merge_seconds_ += row[tasks + 1];
         json scores = json::object();
-        for (size_t t = 0; t < tasks; ++t) scores[config_.tasks[t].file.stem().string()] = row[1 + t];
+        for (size_t t = 0; t < tasks; ++t)
+          scores[config_.tasks[t].file.stem().string()] = row[1 + t];
         log += json{{"stage", name},
                     {"generation", static_cast<int64_t>(history_.size())},
                     {"evaluation", evaluations_ + static_cast<int64_t>(i)},
@@ -446,8 +449,7 @@ class SearchRun {
                                           infer::checkpoint_weights(ckpt));
   }
 
-  SummaryRow row_of(const std::string& name, const std::string& kind,
-                    const infer::Model& model) {
+  SummaryRow row_of(const std::string& name, const std::string& kind, const infer::Model& model) {
     SummaryRow r{name, kind, fitness_.fitness(fitness_.score(model)), {}, {}};
     for (const auto& a : fitness_.accuracy(model)) r.accuracy.push_back(a.value);
     if (validation_) {

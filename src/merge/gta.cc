@@ -156,7 +156,6 @@ void abs_sums(const std::vector<const float*>& full, const std::vector<const flo
   }
 }
 
-
 std::vector<ParamSpec> gta_params(const GtaConfig& c) {
   std::vector<ParamSpec> p = {
       flag_spec("int8_mask", false, "memory hint in mergekit; no numeric effect"),
@@ -220,9 +219,10 @@ class GeneralizedTaskArithmetic : public MergeMethod {
         magnitude_keep_count(s.density, n, entry.name);
       } else if (config_.sparsifier == Sparsifier::kRankSampling && s.density > 0 &&
                  (s.density - s.epsilon <= 0 || s.density + s.epsilon >= 1)) {
-        fail("tensor '{}': {} needs 0 < density - epsilon and density + epsilon < 1 (keep "
-             "probabilities), but density = {} and epsilon = {}",
-             entry.name, name(), s.density, s.epsilon);
+        fail(
+            "tensor '{}': {} needs 0 < density - epsilon and density + epsilon < 1 (keep "
+            "probabilities), but density = {} and epsilon = {}",
+            entry.name, name(), s.density, s.epsilon);
       }
     }
   }
@@ -259,10 +259,9 @@ class GeneralizedTaskArithmetic : public MergeMethod {
       tasks.push_back(TaskVector{models[m].input, static_cast<float>(w),
                                  static_cast<float>(w * factors[m]), std::move(masks[m])});
     }
-    return std::make_unique<GtaMerger>(base, std::move(tasks), config_.consensus,
-                                       global_flag(e, "normalize"),
-                                       static_cast<float>(global_param(e, "lambda")),
-                                       reader.chunk_elements());
+    return std::make_unique<GtaMerger>(
+        base, std::move(tasks), config_.consensus, global_flag(e, "normalize"),
+        static_cast<float>(global_param(e, "lambda")), reader.chunk_elements());
   }
 
  private:
@@ -271,8 +270,10 @@ class GeneralizedTaskArithmetic : public MergeMethod {
     if (config_.sparsifier == Sparsifier::kNone) return s;
     s.density = tensor_param(e, input, "density");
     s.sparsify = s.density < 1.0;
-    if (config_.sparsifier == Sparsifier::kMagnitudeOutliers) s.gamma = tensor_param(e, input, "gamma");
-    if (config_.sparsifier == Sparsifier::kRankSampling) s.epsilon = tensor_param(e, input, "epsilon");
+    if (config_.sparsifier == Sparsifier::kMagnitudeOutliers)
+      s.gamma = tensor_param(e, input, "gamma");
+    if (config_.sparsifier == Sparsifier::kRankSampling)
+      s.epsilon = tensor_param(e, input, "epsilon");
     return s;
   }
 

@@ -64,15 +64,14 @@ class Band : public DeltaMask {
 
 class Random : public DeltaMask {
  public:
-  Random(CounterRng rng, double density)
-      : rng_(rng), threshold_(CounterRng::threshold(density)) {}
+  Random(CounterRng rng, double density) : rng_(rng), threshold_(CounterRng::threshold(density)) {}
   void apply(size_t begin, float* delta, size_t n) override {
     for (size_t j = 0; j < n; ++j) {
       delta[j] = rng_.bits24(begin + j) < threshold_ ? delta[j] : 0.0f;
     }
   }
-  void apply_delta(size_t begin, const float* __restrict x, const float* __restrict b,
-                   float scale, float* __restrict d, size_t n) override {
+  void apply_delta(size_t begin, const float* __restrict x, const float* __restrict b, float scale,
+                   float* __restrict d, size_t n) override {
     for (size_t j = 0; j < n; ++j) {
       d[j] = rng_.bits24(begin + j) < threshold_ ? (x[j] - b[j]) * scale : 0.0f;
     }
