@@ -267,6 +267,21 @@ TEST(EvolveCommand, BestRecipeMergesWithAmalgamMergeAndDataFlowSearchRuns) {
             testing::read_file(dir / "run" / "best" / "model.safetensors"));
 }
 
+TEST(EvolveCommand, MissingModelIsNamedAndLeavesNoRunDirectory) {
+  TempDir dir;
+  std::string config = search_config("ps", 6);
+  config.replace(config.find(zoo("sort-expert").string()), zoo("sort-expert").string().size(),
+                 (dir / "no-such-model").string());
+  testing::write_file(dir / "ps.yaml", config);
+  auto r = testing::run_amalgam(
+      fmt::format("evolve {} -o {}", (dir / "ps.yaml").string(), (dir / "run").string()));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("ps.yaml: '" + (dir / "no-such-model").string() + "' does not exist"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir / "run"));
+}
+
 TEST(EvolveCommand, TwoMpiRanksEqualOne) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
     GTEST_SKIP() << "mpirun is not installed";

@@ -36,7 +36,16 @@ void run_evolve(const EvolveArgs& args) {
   options.merge_threads = static_cast<unsigned>(args.threads);
   options.write_best = !args.no_best;
   options.pause_after_generations = args.pause_after;
-  const evolve::SearchResult r = evolve::run_search(config, options, *comm);
+  const bool existed = std::filesystem::exists(args.out);
+  evolve::SearchResult r;
+  try {
+    r = evolve::run_search(config, options, *comm);
+  } catch (...) {
+    // A search that failed before its first generation leaves no empty run directory behind.
+    std::error_code ec;
+    if (!existed && std::filesystem::is_empty(args.out, ec)) std::filesystem::remove(args.out, ec);
+    throw;
+  }
   if (comm->rank() != 0) return;
   if (r.paused) {
     core::info("paused after {} generation(s), {} evaluations; continue with --resume",

@@ -245,7 +245,17 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
 }
 
 EvolveConfig load_config(const fs::path& path) {
-  return parse_config(core::read_text_file(path), path);
+  EvolveConfig c = parse_config(core::read_text_file(path), path);
+  // Name the config, not a generated candidate recipe, when a path is wrong.
+  std::vector<fs::path> paths = c.models;
+  if (c.base_model) paths.push_back(*c.base_model);
+  for (const auto& t : c.tasks) paths.push_back(t.file);
+  for (const auto& t : c.validation) paths.push_back(t.file);
+  for (const auto& b : c.baselines) paths.push_back(b);
+  for (const auto& p : paths) {
+    if (!fs::exists(p)) fail("{}: '{}' does not exist", path.string(), p.string());
+  }
+  return c;
 }
 
 }  // namespace amalgam::evolve
