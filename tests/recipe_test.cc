@@ -655,23 +655,23 @@ TEST_F(SyntheticRecipeTest, NonEmbeddingShapeMismatch) {
   testing::write_tiny_model(tmp("a"), TinyModel{});
   auto tensors = testing::tiny_tensors(TinyModel{});
   for (auto& t : tensors) {
-    if (t.name == layer(1, "mlp.up_proj.weight")) t.shape = {12, 8};
+    if (t.name == layer(1, "mlp.down_proj.weight")) t.shape = {8, 12};  // config.json states no width for this one
   }
   testing::write_checkpoint(tmp("b"), testing::tiny_config(TinyModel{}), tensors);
   EXPECT_THAT(error(two_models("linear", "a", "b")),
-              ::testing::AllOf(HasSubstr("tensor 'model.layers.1.mlp.up_proj.weight'"),
-                               HasSubstr("[12, 8]"), HasSubstr("[16, 8]"),
+              ::testing::AllOf(HasSubstr("tensor 'model.layers.1.mlp.down_proj.weight'"),
+                               HasSubstr("[8, 12]"), HasSubstr("[8, 16]"),
                                HasSubstr("linear needs the same shapes")));
   // Task arithmetic leaves the odd model out of that tensor, with a warning.
   ::testing::internal::CaptureStderr();
   merge::Plan p = plan(two_models("task_arithmetic", "a", "b", /*base=*/true));
   const std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_THAT(err, HasSubstr("left out of this tensor"));
-  const auto& e = entry(p, layer(1, "mlp.up_proj.weight"));
+  const auto& e = entry(p, layer(1, "mlp.down_proj.weight"));
   ASSERT_EQ(e.sources.size(), 1u);
   EXPECT_EQ(e.base, 0u);
-  EXPECT_EQ(e.shape, (tensor::Shape{16, 8}));
-  EXPECT_EQ(entry(p, layer(0, "mlp.up_proj.weight")).sources.size(), 2u);
+  EXPECT_EQ(e.shape, (tensor::Shape{8, 16}));
+  EXPECT_EQ(entry(p, layer(0, "mlp.down_proj.weight")).sources.size(), 2u);
 }
 
 TEST_F(SyntheticRecipeTest, VocabularyMismatchCropsAsMergekitDoes) {

@@ -30,8 +30,10 @@ TempDir::~TempDir() {
   fs::remove_all(path_, ec);
 }
 
-CommandResult run_amalgam(const std::string& args) {
-  std::string cmd = std::string(AMALGAM_BINARY) + " " + args + " 2>&1";
+CommandResult run_amalgam(const std::string& args) { return run_amalgam_with_prefix("", args); }
+
+CommandResult run_amalgam_with_prefix(const std::string& prefix, const std::string& args) {
+  std::string cmd = prefix + " " + std::string(AMALGAM_BINARY) + " " + args + " 2>&1";
   FILE* pipe = ::popen(cmd.c_str(), "r");
   CommandResult result{-1, ""};
   if (pipe == nullptr) return result;

@@ -32,6 +32,8 @@ struct CommandResult {
 };
 // Runs the amalgam binary with the given argument string (shell syntax).
 CommandResult run_amalgam(const std::string& args);
+// The same after shell commands `prefix` (e.g. "ulimit -f 0;").
+CommandResult run_amalgam_with_prefix(const std::string& prefix, const std::string& args);
 
 void write_file(const std::filesystem::path& path, const std::string& text);
 // The whole file ("" when it cannot be read).

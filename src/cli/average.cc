@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "core/error.h"
 #include "core/log.h"
 #include "merge/finalize.h"
 
@@ -19,6 +20,7 @@ struct AverageArgs {
   std::string method = "uniform";
   std::optional<double> decay;
   size_t last = 5;
+  bool last_given = false;
   std::string out_dtype;
   OutputArgs output;
 };
@@ -26,6 +28,11 @@ struct AverageArgs {
 void run_average(const AverageArgs& args) {
   merge::AverageOptions options;
   options.method = merge::parse_average_method(args.method);
+  // Options of another method would be silently ignored: refuse them instead.
+  if (args.decay && args.method != "ema") fail("average: --decay applies to --method ema only");
+  if (args.last_given && args.method != "lawa") {
+    fail("average: --last applies to --method lawa only");
+  }
   options.decay = args.decay;
   options.last = args.last;
   if (!args.out_dtype.empty()) options.out_dtype = parse_out_dtype(args.out_dtype);
@@ -52,7 +59,10 @@ void register_average(CLI::App& app) {
   cmd->add_option("--out-dtype", args->out_dtype,
                   "bfloat16 | float16 | float32 (default: the inputs' dtype)");
   add_output_options(*cmd, args->output);
-  cmd->callback([args] { run_average(*args); });
+  cmd->callback([args, cmd] {
+    args->last_given = cmd->count("--last") > 0;
+    run_average(*args);
+  });
 }
 
 }  // namespace amalgam::cli

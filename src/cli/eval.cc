@@ -55,7 +55,7 @@ void run_eval(const EvalCommandArgs& args) {
       settings["proxy"] = {
           {"expert", args.proxy_expert}, {"anti", args.proxy_anti}, {"alpha", args.proxy_alpha}};
     }
-    core::write_text_file(args.json,
+    core::write_file_atomic(args.json,
                           eval::results_json(args.model, settings, results).dump(1) + "\n");
     core::info("wrote {}", args.json);
   }

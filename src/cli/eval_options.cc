@@ -1,5 +1,6 @@
 #include "cli/eval_options.h"
 
+#include "cli/model_args.h"
 #include "infer/matmul.h"
 
 namespace amalgam::cli {
@@ -9,14 +10,16 @@ void add_eval_options(CLI::App& cmd, EvalArgs& args) {
                  "Task file (JSON: generation, choice or perplexity; a text file: perplexity); "
                  "repeatable")
       ->required();
-  cmd.add_option("--limit", args.limit, "Evaluate only the first N items of each task");
+  cmd.add_option("--limit", args.limit, "Evaluate only the first N items of each task (N >= 1)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd.add_option("-j,--threads", args.threads, "Engine threads (default: every core)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1024));
   cmd.add_option("--token-budget", args.token_budget,
                  "Tokens per packed forward pass (default 1024)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   cmd.add_flag("--one-by-one", args.one_by_one,
                "Evaluate one prompt per forward pass (no packing; for comparison)");
+  add_check_finite_option(&cmd);
 }
 
 std::vector<eval::Task> load_tasks(const EvalArgs& args) {

@@ -69,6 +69,7 @@ void register_evolve(CLI::App& app) {
   cmd->add_option("-o,--out", args->out, "Run directory (log, best recipe, curves, state)");
   cmd->add_flag("--resume", args->resume, "Continue the search saved in the run directory");
   add_threads_option(cmd, args->threads);
+  add_check_finite_option(cmd);
   cmd->add_flag("--no-best-model", args->no_best,
                 "Do not merge the best recipe into RUN_DIR/best at the end");
   cmd->add_option("--pause-after", args->pause_after,

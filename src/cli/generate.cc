@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "cli/model_args.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "infer/proxy.h"
 
 namespace amalgam::cli {
@@ -85,6 +86,7 @@ void run_generate(const GenerateCliOptions& opt, bool sampled) {
     j["ids"] = out.ids;
     if (tok != nullptr) j["text"] = tok->decode(out.ids);
     j["stopped"] = out.stopped;
+    j["context_full"] = out.context_full;
     fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return;
   }
@@ -93,6 +95,10 @@ void run_generate(const GenerateCliOptions& opt, bool sampled) {
     if (text.size() > printed.size()) fmt::print("{}", text.substr(printed.size()));
   }
   fmt::print("\n");
+  if (out.context_full) {
+    core::warn("stopped after {} tokens: the model's context of {} is full", out.ids.size(),
+               m.model->context_description());
+  }
 }
 
 }  // namespace
@@ -113,10 +119,10 @@ void register_generate(CLI::App& app) {
   auto* greedy = cmd->add_flag("--greedy", opt->greedy, "Argmax decoding (the default)");
   auto* temp =
       cmd->add_option("--temperature", opt->temperature, "Sample with this temperature (> 0)")
-          ->check(CLI::PositiveNumber);
+          ->check(CLI::Range(1e-6, 1e6));
   temp->excludes(greedy);
   cmd->add_option("--top-k", opt->top_k, "Sample among the k most likely tokens (0 = all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30))
       ->needs(temp);
   cmd->add_option("--top-p", opt->top_p, "Sample from the smallest set with this mass")
       ->check(CLI::Range(0.0f, 1.0f))
@@ -135,6 +141,7 @@ void register_generate(CLI::App& app) {
                   "Proxy tuning: scale of (expert - anti) logits (default 1)")
       ->needs(expert);
   add_threads_option(cmd, opt->threads);
+  add_check_finite_option(cmd);
   cmd->callback([opt, prompt, ids, temp] {
     if (prompt->count() == 0 && ids->count() == 0) fail("generate: give a prompt with -p or --ids");
     run_generate(*opt, temp->count() > 0);

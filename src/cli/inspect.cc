@@ -7,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "core/progress.h"
+#include "io/config_check.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 
@@ -27,6 +29,18 @@ void run_inspect(const InspectOptions& opt) {
   io::Checkpoint ckpt(opt.path);
   std::optional<io::ModelConfig> config;
   if (fs::exists(ckpt.directory() / "config.json")) config = io::read_model_config(ckpt.directory());
+  std::optional<std::string> problem;
+  if (config) {
+    problem = io::config_tensor_mismatch(
+        *config, {ckpt.names(), [&ckpt](const std::string& n) { return ckpt.info(n).shape; }});
+  }
+  // Shown first, then refused: a contradicting config.json makes every loader fail.
+  auto refuse_if_contradicted = [&] {
+    if (problem) {
+      fail("{}: {}; config.json and the weights disagree",
+           (ckpt.directory() / "config.json").string(), *problem);
+    }
+  };
   int64_t params = 0;
   std::map<std::string, int64_t> by_dtype;
   for (const auto& name : ckpt.names()) {
@@ -50,7 +64,9 @@ void run_inspect(const InspectOptions& opt) {
       j["tensors"][name] = {{"dtype", tensor::dtype_name(info.dtype)}, {"shape", info.shape}};
     }
     if (config) j["config"] = config->raw;
+    if (problem) j["config_problem"] = *problem;
     fmt::print("{}\n", j.dump(2));
+    refuse_if_contradicted();
     return;
   }
   if (opt.list) {
@@ -82,6 +98,7 @@ void run_inspect(const InspectOptions& opt) {
                c.tie_word_embeddings ? ", tied embeddings" : "",
                c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
   }
+  refuse_if_contradicted();
 }
 
 }  // namespace

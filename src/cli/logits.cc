@@ -55,7 +55,7 @@ void run_logits(const LogitsOptions& opt) {
     }
     j["dumps"] = dumps;
   }
-  core::write_text_file(opt.output, j.dump() + "\n");
+  core::write_file_atomic(opt.output, j.dump() + "\n");
   core::info("{}: logits of {} positions x {} vocab{}", opt.output, ids.size(), r.vocab,
              opt.dump.empty() ? "" : fmt::format(", {} dumped tensors", dumper.tensors().size()));
 }
@@ -80,6 +80,7 @@ void register_logits(CLI::App& app) {
                   "all; names: embd attn_norm q k v q_rope k_rope attn attn_out ffn_inp "
                   "ffn_norm gate up ffn_act router ffn_out l_out result_norm logits");
   add_threads_option(cmd, opt->threads);
+  add_check_finite_option(cmd);
   cmd->callback([opt, prompt, ids] {
     if (prompt->count() == 0 && ids->count() == 0) fail("logits: give a prompt with -p or --ids");
     run_logits(*opt);

@@ -6,14 +6,19 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/fatal_signal.h"
 #include "core/interrupt.h"
 #include "core/log.h"
+
+// 128 + SIGINT, as shells report a command stopped by Ctrl-C.
+constexpr int kInterruptedExit = 130;
 
 int main(int argc, char** argv) {
   // Past a file-size limit, writes should fail with EFBIG (reported, output cleaned up) rather
   // than kill the process and leave a half-written staging directory.
   std::signal(SIGXFSZ, SIG_IGN);
   amalgam::core::install_interrupt_handler();
+  amalgam::core::install_fatal_signal_handler();
   CLI::App app{"amalgam: merge, average, evolve and evaluate language-model checkpoints"};
   app.require_subcommand(1);
   bool quiet = false;
@@ -40,13 +45,22 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // A usage error: one line in the same form as every other error, and the usual status 2.
+    std::fprintf(stderr, "error: %s\nRun with --help for more information.\n", e.what());
+    return 2;
   } catch (const amalgam::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return amalgam::core::interrupted() ? kInterruptedExit : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
+    return amalgam::core::interrupted() ? kInterruptedExit : 2;
+  }
+  // A command that finished its work as the signal came still reports the interruption: its
+  // caller asked it to stop and must not take the result as complete.
+  if (amalgam::core::interrupted()) {
+    std::fprintf(stderr, "error: interrupted\n");
+    return kInterruptedExit;
   }
   return 0;
 }

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "eval/model_source.h"
+#include "infer/finite.h"
 #include "infer/matmul.h"
 #include "io/lora.h"
 
@@ -69,21 +70,10 @@ std::vector<int32_t> stop_ids(const LoadedModel& m) {
       ids.push_back(static_cast<int32_t>(id));
     }
   };
-  for (int64_t id : m.model->config().eos_token_ids) add(id);
-  const fs::path gen = m.dir / "generation_config.json";
-  if (fs::exists(gen)) {
-    nlohmann::json j = core::read_json_file(gen);
-    if (j.contains("eos_token_id")) {
-      const auto& e = j["eos_token_id"];
-      if (e.is_number_integer()) add(e.get<int64_t>());
-      if (e.is_array()) {
-        for (const auto& v : e) {
-          if (v.is_number_integer()) add(v.get<int64_t>());
-        }
-      }
-    }
-  }
+  // The same policy as evaluation (eval::stop_ids): the tokenizer's EOS, then config.json's and
+  // generation_config.json's eos_token_id (read with the config).
   if (m.tokenizer && m.tokenizer->eos_id()) add(*m.tokenizer->eos_id());
+  for (int64_t id : m.model->config().eos_token_ids) add(id);
   return ids;
 }
 
@@ -94,5 +84,11 @@ void add_threads_option(CLI::App* cmd, int& threads) {
 }
 
 void apply_threads(int threads) { infer::set_num_threads(threads); }
+
+void add_check_finite_option(CLI::App* cmd) {
+  cmd->add_flag_callback(
+      "--no-check-finite", [] { infer::set_check_finite_on_load(false); },
+      "Do not scan the weights for NaN/Inf when loading");
+}
 
 }  // namespace amalgam::cli

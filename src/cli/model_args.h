@@ -37,4 +37,8 @@ std::vector<int32_t> stop_ids(const LoadedModel& m);
 void add_threads_option(CLI::App* cmd, int& threads);
 void apply_threads(int threads);
 
+// --no-check-finite: load weights without the NaN/Inf scan (for a model known to be clean, or to
+// look at a broken one).
+void add_check_finite_option(CLI::App* cmd);
+
 }  // namespace amalgam::cli

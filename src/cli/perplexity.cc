@@ -27,7 +27,7 @@ struct PerplexityOptions {
   std::string model;
   std::string file;
   std::string jsonl;
-  int64_t ctx = 512;
+  int64_t ctx = 0;  // 0: the model's context (512 where config.json states none)
   int64_t rows = 0;
   int64_t row_tokens = 128;
   std::string separator;
@@ -69,12 +69,19 @@ void run_perplexity(const PerplexityOptions& opt) {
                        opt.rows, opt.row_tokens);
   } else {
     if (!opt.jsonl.empty()) fail("perplexity: --jsonl documents need --rows (document rows mode)");
+    int64_t ctx = opt.ctx;
+    const int64_t model_ctx = m.model->context_length();
+    if (ctx == 0) ctx = model_ctx > 0 ? model_ctx : 512;
+    if (model_ctx > 0 && ctx > model_ctx) {
+      fail("perplexity: --ctx {} is longer than the model's context of {}", ctx,
+           m.model->context_description());
+    }
     std::vector<int32_t> ids = tok.encode(core::read_text_file(opt.file), true);
     std::optional<int32_t> bos;
     if (tok.add_bos()) bos = tok.bos_id();
-    result = infer::chunked_nll(*m.model, ids, opt.ctx, bos);
+    result = infer::chunked_nll(*m.model, ids, ctx, bos);
     mode = fmt::format("chunks: {} tokens, {} chunks of {}, second halves scored", ids.size(),
-                       static_cast<int64_t>(ids.size()) / opt.ctx, opt.ctx);
+                       static_cast<int64_t>(ids.size()) / ctx, ctx);
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -110,7 +117,7 @@ void register_perplexity(CLI::App& app) {
                                 "Documents, one per line ({\"text\": ...} or a JSON string)")
                     ->check(CLI::ExistingFile);
   file->excludes(jsonl);
-  auto* ctx = cmd->add_option("--ctx", opt->ctx, "Chunks mode: tokens per chunk")
+  auto* ctx = cmd->add_option("--ctx", opt->ctx, "Chunks mode: tokens per chunk (default: the model's context)")
                   ->check(CLI::Range(int64_t{4}, int64_t{1} << 24));
   auto* rows =
       cmd->add_option("--rows", opt->rows, "Document rows mode: number of rows (the zoo uses 64)")
@@ -126,6 +133,7 @@ void register_perplexity(CLI::App& app) {
       ->needs(file);
   cmd->add_flag("--json", opt->json, "Print {\"mode\", \"predictions\", \"nll\", \"perplexity\"}");
   add_threads_option(cmd, opt->threads);
+  add_check_finite_option(cmd);
   cmd->callback([opt, file, jsonl] {
     if (file->count() == 0 && jsonl->count() == 0) fail("perplexity: give --file or --jsonl");
     run_perplexity(*opt);

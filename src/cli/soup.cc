@@ -93,7 +93,8 @@ void register_soup(CLI::App& app) {
                 "Greedy soup: add ingredients in order of their own score while the score does "
                 "not drop");
   cmd->add_flag("--strict", args->strict,
-                "Greedy soup: add an ingredient only when the score strictly improves");
+                "Greedy soup: add an ingredient only when the score strictly improves")
+      ->needs("--greedy");
   cmd->add_option("--out-dtype", args->out_dtype,
                   "bfloat16 | float16 | float32 for the averaged tensors, evaluated and written "
                   "(default: the inputs' dtype)");

@@ -1,6 +1,7 @@
 #include "core/fs.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +11,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fatal_signal.h"
+#include "core/log.h"
 
 namespace amalgam::core {
 
@@ -51,6 +54,58 @@ void write_text_file(const fs::path& path, const std::string& text) {
   }
 }
 
+namespace {
+
+// ".NAME.tmp-XXXXXXXX" (and its ".old" twin) beside the target whose lock nobody holds: left by a
+// run that was killed. A staging directory held by a live run is left alone.
+void remove_abandoned_staging(const fs::path& parent, const std::string& name) {
+  const std::string prefix = "." + name + ".tmp-";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (file.rfind(prefix, 0) != 0 || !entry.is_directory(ec)) continue;
+    const int fd = ::open(entry.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) continue;
+    const bool free = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    if (free) {
+      std::error_code rm;
+      const uintmax_t removed = fs::remove_all(entry.path(), rm);
+      if (!rm) {
+        warn("removed {} ({} files), left by an earlier run that was killed before it finished",
+             entry.path().string(), removed);
+      }
+    }
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+void write_file_atomic(const fs::path& path, const std::string& text) {
+  const fs::path target = fs::absolute(path);
+  if (fs::is_directory(target)) fail("{}: is a directory", path.string());
+  std::random_device rd;
+  const fs::path tmp =
+      target.parent_path() / fmt::format(".{}.tmp-{:08x}", target.filename().string(), rd());
+  try {
+    write_text_file(tmp, text);
+  } catch (const Error& e) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    // Name the file the user asked for, not the hidden one.
+    std::string message = e.what();
+    const std::string hidden = tmp.string();
+    if (message.rfind(hidden, 0) == 0) message = path.string() + message.substr(hidden.size());
+    throw Error(message);
+  }
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    fail("{}: cannot write: {}", path.string(), ec.message());
+  }
+}
+
 StagedDirectory::StagedDirectory(const fs::path& target, bool force)
     : target_(fs::absolute(target).lexically_normal()), force_(force) {
   if (target_.filename().empty()) target_ = target_.parent_path();
@@ -65,17 +120,32 @@ StagedDirectory::StagedDirectory(const fs::path& target, bool force)
   fs::path parent = target_.parent_path();
   fs::create_directories(parent, ec);
   if (ec) fail("{}: cannot create: {}", parent.string(), ec.message());
+  remove_abandoned_staging(parent, target_.filename().string());
   std::random_device rd;
   staging_ = parent / fmt::format(".{}.tmp-{:08x}", target_.filename().string(), rd());
   fs::create_directory(staging_, ec);
   if (ec) fail("{}: cannot create: {}", staging_.string(), ec.message());
+  lock_fd_ = ::open(staging_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (lock_fd_ >= 0) ::flock(lock_fd_, LOCK_EX | LOCK_NB);
+  signal_slot_ = register_staging(staging_.string());
 }
 
 StagedDirectory::~StagedDirectory() {
+  release_slot(signal_slot_);
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(staging_, ec);
   }
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+std::string StagedDirectory::user_message(std::string message) const {
+  const std::string hidden = staging_.string(), shown = target_.string();
+  for (size_t at = message.find(hidden); at != std::string::npos;
+       at = message.find(hidden, at + shown.size())) {
+    message.replace(at, hidden.size(), shown);
+  }
+  return message;
 }
 
 void StagedDirectory::commit() {
@@ -94,6 +164,8 @@ void StagedDirectory::commit() {
     fail("{}: cannot rename output into place: {}", target_.string(), ec.message());
   }
   committed_ = true;
+  release_slot(signal_slot_);
+  signal_slot_ = -1;
   if (!old.empty()) fs::remove_all(old, ec);
   fsync_path(target_.parent_path());
 }

@@ -11,10 +11,17 @@ std::string read_text_file(const std::filesystem::path& path);
 // Writes a file, fsyncs it. Throws with the path on failure (e.g. a full disk).
 void write_text_file(const std::filesystem::path& path, const std::string& text);
 void fsync_path(const std::filesystem::path& path);
+// A result file written whole or not at all: the text goes to a hidden file beside `path`,
+// which is synced and renamed over `path`; on failure (a full disk) nothing is left and an
+// existing `path` is untouched.
+void write_file_atomic(const std::filesystem::path& path, const std::string& text);
 
 // Output directory written atomically: files go to a hidden staging directory beside `target`;
 // commit() renames it to `target` (replacing an existing one only when `force`). Destroyed
 // without commit(), the staging directory is removed, so a failure leaves no partial output.
+// A run killed outright (kill -9, power loss) cannot clean up: its staging directory is then
+// found by the next run writing the same target, which removes it (with a warning) once it
+// is sure no live run holds it (each run holds a flock on its own staging directory).
 class StagedDirectory {
  public:
   StagedDirectory(const std::filesystem::path& target, bool force);
@@ -24,12 +31,17 @@ class StagedDirectory {
 
   const std::filesystem::path& path() const { return staging_; }
   void commit();
+  // `message` with the hidden staging path replaced by the target the user asked for, so that
+  // errors name the output (".../out/model.safetensors: No space left on device").
+  std::string user_message(std::string message) const;
 
  private:
   std::filesystem::path target_;
   std::filesystem::path staging_;
   bool force_;
   bool committed_ = false;
+  int lock_fd_ = -1;
+  int signal_slot_ = -1;  // removed by the SIGBUS handler if an input vanishes mid-write  // flock on the staging directory: held while this run owns it
 };
 
 }  // namespace amalgam::core

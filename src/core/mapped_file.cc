@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/fatal_signal.h"
 
 namespace amalgam::core {
 
@@ -30,11 +31,13 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       fail("{}: cannot map: {}", path, std::strerror(e));
     }
     data_ = static_cast<const uint8_t*>(p);
+    signal_slot_ = register_mapping(data_, size_, path_);
   }
   fd_ = fd;
 }
 
 MappedFile::~MappedFile() {
+  release_slot(signal_slot_);
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
   if (fd_ >= 0) ::close(fd_);
 }

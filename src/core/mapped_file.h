@@ -26,6 +26,7 @@ class MappedFile {
   int fd_ = -1;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int signal_slot_ = -1;  // this mapping, named if reading it raises SIGBUS
 };
 
 // Drops the whole pages inside [data, data + size) of a read-only file mapping from this process

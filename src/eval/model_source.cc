@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "infer/finite.h"
 #include "io/lora.h"
 #include "merge/finalize.h"
 #include "merge/sink.h"
@@ -55,9 +56,10 @@ LoadedModel ModelLoader::load(const fs::path& model_or_recipe) {
   const io::Checkpoint& checkpoint = inputs_.open(model_or_recipe);
   io::ModelConfig config = io::read_model_config(checkpoint.directory());
   LoadedModel out{model_or_recipe.string(), nullptr, tokenizer_of(checkpoint.directory())};
+  infer::WeightMap weights = infer::checkpoint_weights(checkpoint);
+  if (infer::check_finite_on_load()) infer::check_finite_weights(weights, model_or_recipe.string());
   try {
-    out.model =
-        std::make_unique<infer::Model>(std::move(config), infer::checkpoint_weights(checkpoint));
+    out.model = std::make_unique<infer::Model>(std::move(config), std::move(weights));
   } catch (const Error& e) {
     fail("{}: {}", model_or_recipe.string(), e.what());
   }
@@ -79,6 +81,7 @@ LoadedModel ModelLoader::from_plan(const merge::Plan& plan, const std::string& n
       merge::output_config_json(plan, core::read_text_file(config_path), config_path.string());
   const nlohmann::ordered_json config_json = nlohmann::ordered_json::parse(config_text);
   io::ModelConfig config = io::parse_model_config(config_json, name);
+  io::add_generation_config_eos(config, donor);
   const fs::path tokenizer_dir =
       plan.tokenizer_source ? model_directory(plan.models.at(*plan.tokenizer_source)) : donor;
   // A vocabulary the recipe built (tokenizer merging) exists only in the plan.

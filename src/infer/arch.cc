@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/config_check.h"
 
 namespace amalgam::infer {
 
@@ -158,6 +159,11 @@ std::vector<int64_t> layer_windows(const io::ModelConfig& config) {
 
 ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
                              const WeightMap& weights) {
+  // Before anything is sized by a count from config.json.
+  io::TensorShapes shapes;
+  for (const auto& [name, view] : weights) shapes.names.push_back(name);
+  shapes.shape = [&weights](const std::string& n) { return weights.at(n).shape; };
+  io::check_config_against_tensors(c, shapes, "config.json");
   AMALGAM_CHECK(c.hidden_size > 0 && c.num_layers > 0 && c.num_heads > 0 && c.num_kv_heads > 0 &&
                     c.head_dim > 0 && c.vocab_size > 0,
                 "config.json: hidden_size, num_hidden_layers, num_attention_heads, "

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/interrupt.h"
 #include "infer/attention.h"
 #include "infer/kernels.h"
 #include "infer/matmul.h"
@@ -53,12 +54,16 @@ ForwardResult Model::forward(const Batch& batch, KVCache& cache,
   ForwardResult result;
   result.vocab = vocab_size();
   std::map<int32_t, int64_t> last_of_seq;
+  const int64_t context = context_length();
   for (int64_t i = 0; i < n; ++i) {
     const BatchToken& t = batch.tokens[i];
     AMALGAM_CHECK(t.id >= 0 && t.id < weights_.embed.rows,
                   "batch token {}: id {} outside the vocabulary of {} embeddings", i, t.id,
                   weights_.embed.rows);
     AMALGAM_CHECK(t.pos >= 0, "batch token {}: negative position {}", i, t.pos);
+    if (context > 0 && t.pos >= context) {
+      fail("position {} is past the model's context of {}", t.pos, context_description());
+    }
     AMALGAM_CHECK(t.seq >= 0, "batch token {}: negative sequence id {}", i, t.seq);
     if (t.logits) result.rows.push_back(static_cast<int32_t>(i));
     last_of_seq[t.seq] = i;
@@ -71,6 +76,9 @@ ForwardResult Model::forward(const Batch& batch, KVCache& cache,
     }
   }
   for (int64_t start = 0; start < n; start += options.micro_batch) {
+    // Every command that runs the engine (generate, eval, perplexity, soup, evolve) passes here
+    // often: Ctrl-C / SIGTERM stop it within one micro-batch.
+    core::check_interrupted();
     const int64_t m = std::min(options.micro_batch, n - start);
     forward_micro_batch(batch.tokens.data() + start, m, start, cache, last_of_seq, options, result);
   }

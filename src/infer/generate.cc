@@ -21,6 +21,10 @@ Generation generate(const Model& model, const std::vector<int32_t>& prompt,
 Generation generate(LogitSource& source, const std::vector<int32_t>& prompt,
                     const GenerateOptions& options, const std::function<bool(int32_t)>& on_token) {
   AMALGAM_CHECK(!prompt.empty(), "generation needs a non-empty prompt");
+  const int64_t context = source.context_length();
+  if (context > 0 && static_cast<int64_t>(prompt.size()) > context) {
+    fail("the prompt has {} tokens but the model's context is {}", prompt.size(), context);
+  }
   source.clear();
   Sampler sampler(options.sampler);
   Generation gen;
@@ -36,6 +40,10 @@ Generation generate(LogitSource& source, const std::vector<int32_t>& prompt,
     }
     gen.ids.push_back(next);
     if (on_token && !on_token(next)) break;
+    if (context > 0 && pos >= context) {
+      gen.context_full = static_cast<int64_t>(gen.ids.size()) < options.max_new_tokens;
+      break;
+    }
     batch = Batch();
     batch.add(next, pos++, 0, true);
   }
@@ -55,12 +63,17 @@ std::vector<Generation> generate_many(LogitSource& source,
   const size_t n = prompts.size();
   std::vector<Generation> out(n);
   if (n == 0) return out;
+  const int64_t context = source.context_length();
   source.clear();
   std::vector<Sampler> samplers;
   std::vector<int32_t> next_pos(n);
   Batch batch;
   for (size_t i = 0; i < n; ++i) {
     AMALGAM_CHECK(!prompts[i].empty(), "generation: prompt {} is empty", i);
+    if (context > 0 && static_cast<int64_t>(prompts[i].size()) > context) {
+      fail("generation: prompt {} has {} tokens but the model's context is {}", i,
+           prompts[i].size(), context);
+    }
     SamplerOptions so = options.sampler;
     so.seed += i;
     samplers.emplace_back(so);
@@ -82,6 +95,11 @@ std::vector<Generation> generate_many(LogitSource& source,
       }
       g.ids.push_back(id);
       if (static_cast<int64_t>(g.ids.size()) >= options.max_new_tokens) {
+        source.clear(seq);
+        continue;
+      }
+      if (context > 0 && next_pos[seq] >= context) {
+        g.context_full = true;
         source.clear(seq);
         continue;
       }

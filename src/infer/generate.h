@@ -22,6 +22,7 @@ struct GenerateOptions {
 struct Generation {
   std::vector<int32_t> ids;  // the continuation, without the stop token
   bool stopped = false;      // ended on a stop token (else ran out of max_new_tokens)
+  bool context_full = false;  // ended because the model's context was full
 };
 
 // Calls on_token for every new token before the next one is computed; returning false stops.

@@ -16,6 +16,8 @@ class LogitSource {
  public:
   virtual ~LogitSource() = default;
   virtual int64_t vocab_size() const = 0;
+  // Positions a sequence may use; 0: unbounded.
+  virtual int64_t context_length() const = 0;
   // Appends the batch tokens to their sequences' state; logits as Model::forward returns them.
   virtual ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) = 0;
   // Forgets one sequence / every sequence (their ids may then be reused from position 0).
@@ -28,6 +30,7 @@ class ModelLogits final : public LogitSource {
  public:
   explicit ModelLogits(const Model& model) : model_(model), cache_(model.new_cache()) {}
   int64_t vocab_size() const override { return model_.vocab_size(); }
+  int64_t context_length() const override { return model_.context_length(); }
   ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) override {
     return model_.forward(batch, cache_, options);
   }

@@ -1,11 +1,13 @@
 #include "infer/model.h"
 
+#include <fmt/format.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
+#include "infer/finite.h"
 #include "io/safetensors.h"
 
 namespace amalgam::infer {
@@ -25,6 +27,19 @@ Model::Model(io::ModelConfig config, WeightMap weights, std::shared_ptr<const vo
       keepalive_(std::move(keepalive)),
       weights_(resolve_weights(config_, *arch_, views_)),
       rope_(config_) {}
+
+int64_t Model::context_length() const {
+  if (config_.rope.type == "dynamic") return 0;  // scales its base past the trained length
+  return std::max<int64_t>(config_.max_position_embeddings, 0);
+}
+
+std::string Model::context_description() const {
+  return fmt::format("{} positions (config.json max_position_embeddings, rope {}{})",
+                     context_length(), config_.rope.type,
+                     config_.rope.type == "default"
+                         ? "; a longer context needs rope scaling in config.json"
+                         : "");
+}
 
 uint64_t Model::weight_bytes_per_token() const {
   auto bytes = [](const WeightMatrix& m) { return static_cast<uint64_t>(m.rows) * m.row_bytes(); };
@@ -90,6 +105,7 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadO
   auto checkpoint = std::make_shared<io::Checkpoint>(path);
   io::ModelConfig config = io::read_model_config(checkpoint->directory());
   WeightMap weights = checkpoint_weights(*checkpoint);
+  if (check_finite_on_load()) check_finite_weights(weights, path.string());
   std::shared_ptr<const void> keepalive = checkpoint;
   if (options.in_memory) {
     std::shared_ptr<WeightArena> arena;

@@ -65,6 +65,11 @@ class Model {
   int64_t vocab_size() const { return weights_.lm_head.rows; }
   int64_t hidden_size() const { return config_.hidden_size; }
   int64_t num_layers() const { return config_.num_layers; }
+  // Positions the model was trained for (config.json max_position_embeddings, which rope scaling
+  // in config.json already extends); 0 when unbounded (dynamic NTK rope, or no such key).
+  int64_t context_length() const;
+  // "256 positions (config.json max_position_embeddings, rope default)", for messages.
+  std::string context_description() const;
   // Bytes of weights read per decoded token (all matrices except the embedding table; for MoE,
   // every expert).
   uint64_t weight_bytes_per_token() const;

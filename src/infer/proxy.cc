@@ -17,6 +17,15 @@ ProxyLogits::ProxyLogits(const Model& large, const Model& expert, const Model& a
       large.vocab_size(), expert.vocab_size(), anti.vocab_size());
 }
 
+int64_t ProxyLogits::context_length() const {
+  int64_t shortest = 0;
+  for (const ModelLogits* s : {&large_, &expert_, &anti_}) {
+    const int64_t c = s->context_length();
+    if (c > 0 && (shortest == 0 || c < shortest)) shortest = c;
+  }
+  return shortest;
+}
+
 ForwardResult ProxyLogits::forward(const Batch& batch, const ForwardOptions& options) {
   AMALGAM_CHECK(!options.hidden_states,
                 "proxy tuning: hidden states are not defined for a combination of models");

@@ -19,6 +19,8 @@ class ProxyLogits final : public LogitSource {
   ProxyLogits(const Model& large, const Model& expert, const Model& anti, float alpha = 1.0f);
 
   int64_t vocab_size() const override { return large_.vocab_size(); }
+  // The shortest of the three models' contexts.
+  int64_t context_length() const override;
   float alpha() const { return alpha_; }
   // Three forward passes over `batch`; options.hidden_states is not supported (fails).
   ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) override;

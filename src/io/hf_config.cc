@@ -1,7 +1,10 @@
 #include "io/hf_config.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json.h"
 
 namespace amalgam::io {
 
@@ -115,11 +118,36 @@ ModelConfig read_model_config(const fs::path& model_dir) {
   if (!fs::exists(path)) fail("{}: missing config.json", model_dir.string());
   ordered_json j;
   try {
-    j = ordered_json::parse(core::read_text_file(path));
+    const std::string text = core::read_text_file(path);
+    core::parse_json_strict(text, path.string());  // duplicate keys are refused, not resolved
+    j = ordered_json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed JSON: {}", path.string(), e.what());
   }
-  return parse_model_config(j, path.string());
+  ModelConfig config = parse_model_config(j, path.string());
+  add_generation_config_eos(config, model_dir);
+  return config;
+}
+
+void add_generation_config_eos(ModelConfig& config, const fs::path& model_dir) {
+  const fs::path path = model_dir / "generation_config.json";
+  if (!fs::exists(path)) return;
+  const nlohmann::json j = core::read_json_file(path);
+  if (!j.is_object() || !j.contains("eos_token_id")) return;
+  auto add = [&](const nlohmann::json& v) {
+    if (!v.is_number_integer()) return;
+    const int64_t id = v.get<int64_t>();
+    if (std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), id) ==
+        config.eos_token_ids.end()) {
+      config.eos_token_ids.push_back(id);
+    }
+  };
+  const auto& e = j["eos_token_id"];
+  if (e.is_array()) {
+    for (const auto& v : e) add(v);
+  } else {
+    add(e);
+  }
 }
 
 }  // namespace amalgam::io

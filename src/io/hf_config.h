@@ -53,6 +53,10 @@ struct ModelConfig {
 };
 
 ModelConfig parse_model_config(const nlohmann::ordered_json& j, const std::string& where);
+// Reads model_dir/config.json and adds generation_config.json's eos_token_id(s) to
+// eos_token_ids, so that every command stops generating on the same tokens.
 ModelConfig read_model_config(const std::filesystem::path& model_dir);
+// The generation_config.json part of read_model_config (for configs built in memory).
+void add_generation_config_eos(ModelConfig& config, const std::filesystem::path& model_dir);
 
 }  // namespace amalgam::io

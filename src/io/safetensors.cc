@@ -61,13 +61,20 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   if (size < 8) fail("{}: not a safetensors file (only {} bytes)", path, size);
   uint64_t header_len = 0;
   std::memcpy(&header_len, file_.data(), 8);  // little-endian u64; x86/ARM hosts are LE
-  if (header_len > kMaxHeaderBytes) fail("{}: header length {} is too large", path, header_len);
+  if (header_len > kMaxHeaderBytes) {
+    fail("{}: not a safetensors file (its first 8 bytes give a header length of {}; a safetensors "
+         "file starts with its JSON header's length)",
+         path, header_len);
+  }
   if (header_len > size - 8) {
     fail("{}: truncated: header needs {} bytes but the file has {}", path, header_len, size - 8);
   }
   data_start_ = 8 + header_len;
   const uint64_t data_size = size - data_start_;
   std::string text(reinterpret_cast<const char*>(file_.data() + 8), header_len);
+  if (header_len == 0 || text[0] != '{') {
+    fail("{}: not a safetensors file (no JSON header after the length)", path);
+  }
   json header = core::parse_json_strict(text, path);
   if (!header.is_object()) fail("{}: header is not a JSON object", path);
 
@@ -84,6 +91,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
         !entry.contains("data_offsets")) {
       fail("{}: tensor '{}': entry needs dtype, shape and data_offsets", path, name);
     }
+    if (name.empty()) fail("{}: a tensor has an empty name", path);
     TensorInfo info;
     info.name = name;
     if (!entry["dtype"].is_string()) fail("{}: tensor '{}': dtype must be a string", path, name);
@@ -125,6 +133,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     if (t.begin < cursor) fail("{}: tensor '{}' overlaps the previous tensor", path, t.name);
     if (t.begin > cursor) fail("{}: gap in the data section before tensor '{}'", path, t.name);
     cursor = t.end;
+  }
+  if (cursor != data_size) {
+    fail("{}: {} bytes after the last tensor (a safetensors data section holds only its tensors; "
+         "the file is corrupt or was appended to)",
+         path, data_size - cursor);
   }
   for (size_t i = 0; i < tensors_.size(); ++i) by_name_[tensors_[i].name] = i;
 }

@@ -3,12 +3,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/log.h"
+#include "io/config_check.h"
 #include "merge/method.h"
 #include "merge/provenance.h"
 #include "merge/sink.h"
@@ -172,10 +174,33 @@ void write_model_files(const Plan& plan, const fs::path& dir,
   if (write_card) core::write_text_file(dir / "README.md", model_card(plan, dir, digests));
 }
 
+void validate_output_config(const Plan& plan, const fs::path& out) {
+  AMALGAM_CHECK(plan.donor < plan.models.size(), "internal: bad donor index");
+  const fs::path config = model_directory(plan.models[plan.donor]) / "config.json";
+  if (!fs::exists(config)) return;
+  const std::string text = output_config_json(plan, core::read_text_file(config), config.string());
+  const io::ModelConfig written =
+      io::parse_model_config(nlohmann::ordered_json::parse(text), config.string());
+  io::TensorShapes shapes;
+  std::map<std::string, const tensor::Shape*> by_name;
+  for (const auto& e : plan.entries) {
+    shapes.names.push_back(e.name);
+    by_name[e.name] = &e.shape;
+  }
+  shapes.shape = [&by_name](const std::string& n) { return *by_name.at(n); };
+  if (auto problem = io::config_tensor_mismatch(written, shapes)) {
+    fail(
+        "{}: the merge would write a checkpoint whose config.json (from {}) contradicts its "
+        "tensors: {}; nothing was written",
+        out.string(), config.string(), *problem);
+  }
+}
+
 OutputSummary write_model(const Plan& plan, InputSet& inputs, const fs::path& out,
                           const OutputOptions& options) {
   std::vector<const io::Checkpoint*> checkpoints = inputs.open_all(plan);
   validate_plan(plan, checkpoints);
+  validate_output_config(plan, out);
   std::error_code ec;
   const fs::path target = fs::weakly_canonical(fs::absolute(out), ec);
   for (const auto& m : plan.models) {
@@ -205,19 +230,23 @@ OutputSummary write_model(const Plan& plan, InputSet& inputs, const fs::path& ou
   std::optional<ProvenanceHasher> hasher;
   if (options.model_card) hasher.emplace(files);
 
-  CheckpointSink sink(staged.path(), options.max_shard_bytes);
   OutputSummary summary;
-  summary.stats = execute(plan, inputs, sink, options.execute);
-  summary.shards = sink.writer().shard_count();
-  summary.weight_bytes = sink.writer().total_bytes();
-  if (hasher) {
-    std::vector<std::string> hashes = hasher->wait();
-    for (size_t i = 0; i < digests.size(); ++i) digests[i].sha256 = hashes[i];
-  } else {
-    digests.clear();
+  try {
+    CheckpointSink sink(staged.path(), options.max_shard_bytes);
+    summary.stats = execute(plan, inputs, sink, options.execute);
+    summary.shards = sink.writer().shard_count();
+    summary.weight_bytes = sink.writer().total_bytes();
+    if (hasher) {
+      std::vector<std::string> hashes = hasher->wait();
+      for (size_t i = 0; i < digests.size(); ++i) digests[i].sha256 = hashes[i];
+    } else {
+      digests.clear();
+    }
+    write_model_files(plan, staged.path(), digests, options.model_card);
+    core::fsync_path(staged.path());
+  } catch (const Error& e) {
+    throw Error(staged.user_message(e.what()));
   }
-  write_model_files(plan, staged.path(), digests, options.model_card);
-  core::fsync_path(staged.path());
   staged.commit();
   return summary;
 }

@@ -36,6 +36,10 @@ struct ShardDigest {
   std::string sha256;
 };
 
+// Refuses a plan whose written config.json would contradict its tensors (layer count, widths,
+// vocabulary), naming `out`: amalgam never writes a checkpoint it cannot load itself.
+void validate_output_config(const Plan& plan, const std::filesystem::path& out);
+
 // Merges `plan` into a new model directory `out`. The plan is validated against the input headers
 // before anything is created.
 OutputSummary write_model(const Plan& plan, InputSet& inputs, const std::filesystem::path& out,

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/log.h"
+#include "io/config_check.h"
 #include "io/lora.h"
 
 namespace amalgam::recipe {
@@ -104,6 +105,11 @@ void ModelSet::open(const ModelRef& ref) {
   try {
     m.config = options_.inputs ? options_.inputs->config(m.checkpoint->directory())
                                : io::read_model_config(m.checkpoint->directory());
+    const io::Checkpoint* ckpt = m.checkpoint.get();
+    io::check_config_against_tensors(
+        m.config,
+        {ckpt->names(), [ckpt](const std::string& n) { return ckpt->info(n).shape; }},
+        (m.checkpoint->directory() / "config.json").string());
   } catch (const Error& e) {
     fail_at(where, ref.at, "model '{}': {}", ref.path, e.what());
   }
