@@ -19,5 +19,6 @@ void register_perplexity(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_extract_lora(CLI::App& app);
 void register_align(CLI::App& app);
+void register_pleas(CLI::App& app);
 
 }  // namespace amalgam::cli
