@@ -90,10 +90,9 @@ TEST(Align, CommandKeepsLogitsOfB) {
   const auto ref = all_logits(*infer::load_model(zoo("initb/sort-expert")), rows);
   for (const std::string method : {"weight", "activation"}) {
     const auto out = tmp / method;
-    const auto r = testing::run_amalgam(
-        fmt::format("-q align {} {} -o {} --method {} --data {} --rows 8",
-                    zoo("rev-expert").string(), zoo("initb/sort-expert").string(), out.string(),
-                    method, zoo("eval/heldout.txt").string()));
+    const auto r = testing::run_amalgam(fmt::format(
+        "-q align {} {} -o {} --method {} --data {} --rows 8", zoo("rev-expert").string(),
+        zoo("initb/sort-expert").string(), out.string(), method, zoo("eval/heldout.txt").string()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto aligned = infer::load_model(out);
     EXPECT_LT(max_abs_diff(all_logits(*aligned, rows), ref), 1e-4) << method;
@@ -109,15 +108,14 @@ TEST(Align, CommandKeepsLogitsOfB) {
 
 TEST(Align, BadInputsFailWithoutOutput) {
   testing::TempDir tmp;
-  auto r = testing::run_amalgam(
-      fmt::format("align {} {} -o {}", zoo("base").string(), zoo("base-large").string(),
-                  (tmp / "x").string()));
+  auto r = testing::run_amalgam(fmt::format("align {} {} -o {}", zoo("base").string(),
+                                            zoo("base-large").string(), (tmp / "x").string()));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("differ in hidden_size"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(tmp / "x"));
-  r = testing::run_amalgam(
-      fmt::format("align {} {} -o {} --method activation", zoo("base").string(),
-                  zoo("rev-expert").string(), (tmp / "x").string()));
+  r = testing::run_amalgam(fmt::format("align {} {} -o {} --method activation",
+                                       zoo("base").string(), zoo("rev-expert").string(),
+                                       (tmp / "x").string()));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("needs --data"), std::string::npos) << r.output;
   testing::write_file(tmp / "short.txt", "too short");

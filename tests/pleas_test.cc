@@ -1,6 +1,8 @@
 // PLeaS: on a model and a permuted copy of itself the least squares must give the original
 // weights back (width 1: every unit merged with its twin; width 2: both copies side by side with
 // zero cross blocks); the command writes a wider checkpoint the engine runs; bad inputs fail.
+#include "align/pleas.h"
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -9,7 +11,6 @@
 #include "align/activations.h"
 #include "align/params.h"
 #include "align/permutation.h"
-#include "align/pleas.h"
 #include "infer/perplexity.h"
 #include "test_util.h"
 
@@ -53,7 +54,8 @@ TEST(Pleas, WidthOneOnAPermutedTwinGivesTheModelBack) {
              {"mlp.up_proj.weight", "post_attention_layernorm.weight"},
              {"mlp.down_proj.weight", ""}}) {
       const std::string name = layer_tensor(l, w);
-      const std::vector<float> want = g.empty() ? a.at(name).data : folded(a, name, layer_tensor(l, g));
+      const std::vector<float> want =
+          g.empty() ? a.at(name).data : folded(a, name, layer_tensor(l, g));
       const std::vector<float>& got = m.at(name).data;
       ASSERT_EQ(got.size(), want.size()) << name;
       std::vector<float> diff(got.size());
@@ -127,16 +129,16 @@ TEST(Pleas, BadInputsFailWithoutOutput) {
   testing::TempDir tmp;
   const std::string a = zoo("rev-expert").string(), b = zoo("initb/sort-expert").string();
   const std::string data = zoo("eval/heldout.txt").string(), out = (tmp / "x").string();
-  auto r = testing::run_amalgam(
-      fmt::format("pleas {} {} --data {} -o {} --width 2.5", a, b, data, out));
+  auto r =
+      testing::run_amalgam(fmt::format("pleas {} {} --data {} -o {} --width 2.5", a, b, data, out));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--width must be in [1, 2]"), std::string::npos) << r.output;
   r = testing::run_amalgam(
       fmt::format("pleas {} {} --data {} -o {} --rows 2 --width 2", a, b, data, out));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("calibration tokens"), std::string::npos) << r.output;
-  r = testing::run_amalgam(fmt::format("pleas {} {} --data {} -o {}", a,
-                                       zoo("base-large").string(), data, out));
+  r = testing::run_amalgam(
+      fmt::format("pleas {} {} --data {} -o {}", a, zoo("base-large").string(), data, out));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("differ in"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(tmp / "x"));

@@ -112,6 +112,10 @@ ActivationMatch activation_matching(const LlamaParams& a, const LlamaParams& b,
     const std::vector<double> s = residual.similarity();
     m.permutation.residual = solve_lap_max(s, D);
     m.residual_score = matched_scores(s, D, m.permutation.residual);
+    for (int64_t i = 0; i < D; ++i) {
+      m.residual_ms_a += residual.sq_a[i];
+      m.residual_ms_b += residual.sq_b[i];
+    }
   }
   for (int64_t l = 0; l < L; ++l) {
     LayerStats& st = layers[l];

@@ -19,9 +19,11 @@ namespace amalgam::align {
 struct ActivationMatch {
   ModelPermutation permutation;
   // S of every unit of A with its matched unit of B (PLeaS merges the most similar pairs).
-  std::vector<double> residual_score;            // (D)
-  std::vector<std::vector<double>> mlp_score;    // [layer] (I)
-  std::vector<std::vector<double>> kv_score;     // [layer] (KV)
+  std::vector<double> residual_score;          // (D)
+  std::vector<std::vector<double>> mlp_score;  // [layer] (I)
+  std::vector<std::vector<double>> kv_score;   // [layer] (KV)
+  // Mean square of the residual-stream features of A and B over all tokens and residual points.
+  double residual_ms_a = 0, residual_ms_b = 0;
 };
 
 struct ActivationMatchingOptions {

@@ -10,8 +10,10 @@ namespace amalgam::align {
 std::vector<std::vector<int32_t>> calibration_rows(const std::filesystem::path& text,
                                                    const std::filesystem::path& model_dir,
                                                    int64_t rows, int64_t row_tokens) {
-  AMALGAM_CHECK(rows > 0 && row_tokens > 0, "calibration needs a positive number of rows ({}) and "
-                "tokens per row ({})", rows, row_tokens);
+  AMALGAM_CHECK(rows > 0 && row_tokens > 0,
+                "calibration needs a positive number of rows ({}) and "
+                "tokens per row ({})",
+                rows, row_tokens);
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_directory(model_dir);
   auto eos = tok.eos_id();
   if (!eos) fail("{}: the tokenizer has no EOS token to end documents with", model_dir.string());

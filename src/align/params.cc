@@ -53,8 +53,10 @@ LlamaParams load_llama(const fs::path& path) {
   }
   if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 ||
       c.head_dim <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0) {
-    fail("{}: config.json lacks a positive hidden_size, num_hidden_layers, num_attention_heads, "
-         "num_key_value_heads, head_dim, intermediate_size or vocab_size", where);
+    fail(
+        "{}: config.json lacks a positive hidden_size, num_hidden_layers, num_attention_heads, "
+        "num_key_value_heads, head_dim, intermediate_size or vocab_size",
+        where);
   }
   if (c.num_heads % c.num_kv_heads != 0) {
     fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where,

@@ -23,10 +23,10 @@ namespace amalgam::align {
 // it is matched with). Within-head permutations are indexed by B's own KV head, so they travel
 // with the head when the KV heads move.
 struct LayerPermutation {
-  std::vector<int64_t> mlp;                            // (I)
-  std::vector<int64_t> kv;                             // (KV)
-  std::vector<std::vector<int64_t>> query;             // [B kv head] -> (G), local query heads
-  std::vector<std::vector<int64_t>> value;             // [B kv head] -> (head_dim)
+  std::vector<int64_t> mlp;                 // (I)
+  std::vector<int64_t> kv;                  // (KV)
+  std::vector<std::vector<int64_t>> query;  // [B kv head] -> (G), local query heads
+  std::vector<std::vector<int64_t>> value;  // [B kv head] -> (head_dim)
 };
 
 struct ModelPermutation {

@@ -127,10 +127,10 @@ tensor::Tensor fit_linear(const tensor::Tensor& wa, const tensor::Tensor& wb, co
   // Y X^T rows for A and B: (o, w) = W (o, n) . C_A (n, w).
   std::vector<double> wad(wa.data.begin(), wa.data.end()), wbd(wb.data.begin(), wb.data.end());
   std::vector<double> ya(o * w), yb(o * w);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, o, w, n, 1.0, wad.data(), n,
-              in.ca.data(), w, 0.0, ya.data(), w);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, o, w, n, 1.0, wbd.data(), n,
-              in.cb.data(), w, 0.0, yb.data(), w);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, o, w, n, 1.0, wad.data(), n, in.ca.data(),
+              w, 0.0, ya.data(), w);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, o, w, n, 1.0, wbd.data(), n, in.cb.data(),
+              w, 0.0, yb.data(), w);
   // Input features each output block may read: merged rows all, A-only rows [merged, sepA],
   // B-only rows [merged, sepB].
   const int64_t iu = in.layout.unit, im = in.layout.m() * iu, is = in.layout.s() * iu;
@@ -172,8 +172,10 @@ tensor::Tensor fit_linear(const tensor::Tensor& wa, const tensor::Tensor& wb, co
     gram.diagonal().array() += lambda;
     Eigen::LLT<Eigen::MatrixXd> llt(gram);
     if (llt.info() != Eigen::Success) {
-      fail("pleas: the least squares of {} is singular even with ridge {}; give more text or a "
-           "larger --ridge", what, ridge);
+      fail(
+          "pleas: the least squares of {} is singular even with ridge {}; give more text or a "
+          "larger --ridge",
+          what, ridge);
     }
     Eigen::MatrixXd rhs(k, static_cast<int64_t>(rows.size()));
     for (size_t r = 0; r < rows.size(); ++r) {
@@ -193,6 +195,18 @@ tensor::Tensor fit_linear(const tensor::Tensor& wa, const tensor::Tensor& wb, co
 }
 
 }  // namespace
+
+void scale_residual(LlamaParams& m, double c) {
+  const float f = static_cast<float>(c);
+  auto scale = [&](const std::string& name) {
+    for (float& v : m.at(name).data) v *= f;
+  };
+  scale("model.embed_tokens.weight");
+  for (int64_t l = 0; l < m.layers(); ++l) {
+    scale(layer_tensor(l, "self_attn.o_proj.weight"));
+    scale(layer_tensor(l, "mlp.down_proj.weight"));
+  }
+}
 
 int64_t separate_units(int64_t n, double width) {
   return std::clamp<int64_t>(std::llround((width - 1.0) * static_cast<double>(n)), 0, n);
@@ -218,7 +232,11 @@ LlamaParams pleas_merge(const LlamaParams& a, const LlamaParams& b,
   am_options.batch_rows = options.batch_rows;
   am_options.progress = options.progress;
   const ActivationMatch match = activation_matching(a, b, rows, am_options);
-  const LlamaParams bp = apply_permutation(b, match.permutation);
+  LlamaParams bp = apply_permutation(b, match.permutation);
+  if (options.match_scale && match.residual_ms_b > 0) {
+    rep.residual_scale = std::sqrt(match.residual_ms_a / match.residual_ms_b);
+    scale_residual(bp, rep.residual_scale);
+  }
   rep.match_seconds = since(t0);
 
   const UnitLayout residual = choose_layout(match.residual_score, options.width);
@@ -234,8 +252,10 @@ LlamaParams pleas_merge(const LlamaParams& a, const LlamaParams& b,
     widest = std::max({widest, mlp[l].width(), kv[l].with_unit(G * hd).width()});
   }
   if (tokens < widest) {
-    fail("pleas: {} calibration tokens for least-squares problems with up to {} inputs; give at "
-         "least {} tokens (more text or --rows)", tokens, widest, widest);
+    fail(
+        "pleas: {} calibration tokens for least-squares problems with up to {} inputs; give at "
+        "least {} tokens (more text or --rows)",
+        tokens, widest, widest);
   }
 
   // Moments of every input space.
@@ -244,8 +264,8 @@ LlamaParams pleas_merge(const LlamaParams& a, const LlamaParams& b,
   };
   std::vector<LayerSpaces> spaces;
   for (int64_t l = 0; l < L; ++l) {
-    spaces.push_back({Space(residual), Space(kv[l].with_unit(G * hd)), Space(residual),
-                      Space(mlp[l])});
+    spaces.push_back(
+        {Space(residual), Space(kv[l].with_unit(G * hd)), Space(residual), Space(mlp[l])});
   }
   Space final_in(residual);
   t0 = Clock::now();

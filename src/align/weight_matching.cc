@@ -93,19 +93,27 @@ class Matcher {
   // Score matrix of `g` with every other group at p; size n.
   std::vector<double> scores(const Group& g, const ModelPermutation& p, int64_t& n) const {
     switch (g.kind) {
-      case Kind::kResidual: return residual(p, n);
-      case Kind::kMlp: return mlp(g.layer, p, n);
-      default: return attention(g, p, n);
+      case Kind::kResidual:
+        return residual(p, n);
+      case Kind::kMlp:
+        return mlp(g.layer, p, n);
+      default:
+        return attention(g, p, n);
     }
   }
 
   std::vector<int64_t>& slot(const Group& g, ModelPermutation& p) const {
     switch (g.kind) {
-      case Kind::kResidual: return p.residual;
-      case Kind::kMlp: return p.layers[g.layer].mlp;
-      case Kind::kKv: return p.layers[g.layer].kv;
-      case Kind::kQuery: return p.layers[g.layer].query[g.head];
-      default: return p.layers[g.layer].value[g.head];
+      case Kind::kResidual:
+        return p.residual;
+      case Kind::kMlp:
+        return p.layers[g.layer].mlp;
+      case Kind::kKv:
+        return p.layers[g.layer].kv;
+      case Kind::kQuery:
+        return p.layers[g.layer].query[g.head];
+      default:
+        return p.layers[g.layer].value[g.head];
     }
   }
 

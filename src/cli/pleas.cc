@@ -1,13 +1,14 @@
 // amalgam pleas A B --data TEXT -o OUT --width R: merges two models that need not share a base
 // (PLeaS: activation matching, partial merging, layer-wise least squares; src/align/pleas.h)
 // into an ordinary Llama checkpoint R times as wide.
+#include "align/pleas.h"
+
 #include <fmt/format.h>
 
 #include <chrono>
 
 #include "align/activations.h"
 #include "align/params.h"
-#include "align/pleas.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -20,7 +21,7 @@ struct PleasCliOptions {
   std::string a, b, out, data;
   double width = 1.0, ridge = 1e-4;
   int64_t rows = 32, row_tokens = 128;
-  bool force = false;
+  bool force = false, match_scale = false;
 };
 
 void run_pleas(const PleasCliOptions& opt) {
@@ -35,16 +36,19 @@ void run_pleas(const PleasCliOptions& opt) {
   align::PleasOptions po;
   po.width = opt.width;
   po.ridge = opt.ridge;
+  po.match_scale = opt.match_scale;
   align::PleasReport rep;
   const align::LlamaParams merged = align::pleas_merge(a, b, rows, po, &rep);
   align::save_llama(merged, opt.out, opt.force);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  core::info("pleas: hidden {}, intermediate {}, {} heads / {} KV heads (from {}, {}, {} / {}); "
-             "{} tokens; matching {:.1f} s, statistics {:.1f} s, least squares {:.1f} s",
-             rep.hidden, rep.intermediate, rep.heads, rep.kv_heads, a.hidden(), a.intermediate(),
-             a.heads(), a.kv_heads(), rep.tokens, rep.match_seconds, rep.accumulate_seconds,
-             rep.solve_seconds);
+  core::info(
+      "pleas: hidden {}, intermediate {}, {} heads / {} KV heads (from {}, {}, {} / {}); "
+      "B's residual scaled by {:.3f}; {} tokens; matching {:.1f} s, statistics {:.1f} s, least "
+      "squares {:.1f} s",
+      rep.hidden, rep.intermediate, rep.heads, rep.kv_heads, a.hidden(), a.intermediate(),
+      a.heads(), a.kv_heads(), rep.residual_scale, rep.tokens, rep.match_seconds,
+      rep.accumulate_seconds, rep.solve_seconds);
   core::info("wrote {} ({:.1f} s)", opt.out, seconds);
 }
 
@@ -66,6 +70,8 @@ void register_pleas(CLI::App& app) {
                   "Ridge, relative to the mean diagonal of each Gram matrix (default 1e-4)");
   cmd->add_option("--rows", opt->rows, "Calibration rows (default 32)");
   cmd->add_option("--row-tokens", opt->row_tokens, "Tokens per calibration row (default 128)");
+  cmd->add_flag("--match-scale", opt->match_scale,
+                "Scale B's residual stream to A's mean square before merging (exact for B)");
   cmd->add_flag("-f,--force", opt->force, "Replace an existing output directory");
   cmd->callback([opt] { run_pleas(*opt); });
 }
