@@ -59,6 +59,8 @@ linear "$work/aligned-activation.yaml" "$work/b-activation"
 for w in 1.0 1.25 1.5 2.0; do
   cost[p$w]=$(timed "$work/pleas-$w.log" "$amalgam" pleas "$a" "$b" --data "$work/calibration.txt" \
     --rows 64 --width "$w" -o "$work/pleas-$w" --force)
+  cost[s$w]=$(timed "$work/pleas-seq-$w.log" "$amalgam" pleas "$a" "$b" \
+    --data "$work/calibration.txt" --rows 64 --width "$w" --sequential -o "$work/pleas-seq-$w" --force)
 done
 
 tasks=(-t "$work/rev-100-199.json" -t "$work/sort-100-199.json" -t "$zoo/eval/heldout.txt")
@@ -85,6 +87,10 @@ row "activation-matched average" "$(params "$a")" "align: ${cost[am]}" \
   "$work/aligned-activation.yaml"
 for w in 1.0 1.25 1.5 2.0; do
   row "PLeaS, width $w" "$(params "$work/pleas-$w")" "pleas: ${cost[p$w]}" "$work/pleas-$w"
+done
+for w in 1.0 1.25 1.5 2.0; do
+  row "PLeaS --sequential, width $w" "$(params "$work/pleas-seq-$w")" "pleas: ${cost[s$w]}" \
+    "$work/pleas-seq-$w"
 done
 row "logit ensemble (A+B)/2 (2 models)" "2 x $(params "$a")" "-" "$a" \
   --proxy-expert "$b" --proxy-anti "$a" --proxy-alpha 0.5

@@ -42,25 +42,28 @@ double max_abs(const std::vector<float>& x) {
 TEST(Pleas, WidthOneOnAPermutedTwinGivesTheModelBack) {
   const LlamaParams a = load_llama(zoo("rev-expert"));
   const LlamaParams b = apply_permutation(a, random_permutation(a, 4));
-  PleasOptions options;
-  options.width = 1.0;
-  options.ridge = 1e-7;
-  options.progress = false;
-  const LlamaParams m = pleas_merge(a, b, rows_of(48), options);
-  EXPECT_EQ(m.hidden(), a.hidden());
-  for (int64_t l = 0; l < a.layers(); ++l) {
-    for (const auto& [w, g] : std::vector<std::pair<std::string, std::string>>{
-             {"self_attn.q_proj.weight", "input_layernorm.weight"},
-             {"mlp.up_proj.weight", "post_attention_layernorm.weight"},
-             {"mlp.down_proj.weight", ""}}) {
-      const std::string name = layer_tensor(l, w);
-      const std::vector<float> want =
-          g.empty() ? a.at(name).data : folded(a, name, layer_tensor(l, g));
-      const std::vector<float>& got = m.at(name).data;
-      ASSERT_EQ(got.size(), want.size()) << name;
-      std::vector<float> diff(got.size());
-      for (size_t i = 0; i < got.size(); ++i) diff[i] = got[i] - want[i];
-      EXPECT_LT(max_abs(diff), 2e-3 * max_abs(want)) << name;
+  for (bool sequential : {false, true}) {
+    PleasOptions options;
+    options.width = 1.0;
+    options.ridge = 1e-7;
+    options.progress = false;
+    options.sequential = sequential;
+    const LlamaParams m = pleas_merge(a, b, rows_of(48), options);
+    EXPECT_EQ(m.hidden(), a.hidden());
+    for (int64_t l = 0; l < a.layers(); ++l) {
+      for (const auto& [w, g] : std::vector<std::pair<std::string, std::string>>{
+               {"self_attn.q_proj.weight", "input_layernorm.weight"},
+               {"mlp.up_proj.weight", "post_attention_layernorm.weight"},
+               {"mlp.down_proj.weight", ""}}) {
+        const std::string name = layer_tensor(l, w);
+        const std::vector<float> want =
+            g.empty() ? a.at(name).data : folded(a, name, layer_tensor(l, g));
+        const std::vector<float>& got = m.at(name).data;
+        ASSERT_EQ(got.size(), want.size()) << name;
+        std::vector<float> diff(got.size());
+        for (size_t i = 0; i < got.size(); ++i) diff[i] = got[i] - want[i];
+        EXPECT_LT(max_abs(diff), 2e-3 * max_abs(want)) << name << " sequential " << sequential;
+      }
     }
   }
 }

@@ -78,17 +78,24 @@ struct Space {
     cb.assign(n * w, 0.0);
   }
 
-  // za, zb: (t, n) inputs of A and B for the same tokens.
+  // za, zb: (t, n) inputs of A and B for the same tokens; the merged features are their
+  // combination.
   void add(const float* za, const float* zb, int64_t t) {
     const int64_t n = layout.original(), w = layout.width();
     x.resize(t * w);
     for (int64_t r = 0; r < t; ++r) layout.combine(za + r * n, zb + r * n, x.data() + r * w);
+    add_merged(za, zb, x.data(), t);
+  }
+
+  // The same with the merged features given: xm (t, width), e.g. the merged model's own inputs.
+  void add_merged(const float* za, const float* zb, const float* xm, int64_t t) {
+    const int64_t n = layout.original(), w = layout.width();
     tmp.resize(std::max(w * w, n * w));
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, w, t, 1.0f, x.data(), w, x.data(), w,
-                0.0f, tmp.data(), w);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, w, t, 1.0f, xm, w, xm, w, 0.0f,
+                tmp.data(), w);
     for (int64_t i = 0; i < w * w; ++i) c[i] += tmp[i];
     for (auto [z, acc] : {std::pair{za, &ca}, std::pair{zb, &cb}}) {
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, w, t, 1.0f, z, n, x.data(), w, 0.0f,
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, w, t, 1.0f, z, n, xm, w, 0.0f,
                   tmp.data(), w);
       for (int64_t i = 0; i < n * w; ++i) (*acc)[i] += tmp[i];
     }
@@ -192,6 +199,79 @@ tensor::Tensor fit_linear(const tensor::Tensor& wa, const tensor::Tensor& wb, co
     }
   }
   return result;
+}
+
+// The sequential variant: layer after layer, each projection is refitted on the inputs the merged
+// model itself produces there (its earlier layers already refitted), with the same targets (the
+// combined outputs of A and B on their own inputs). Errors of earlier layers are then corrected
+// rather than compounded. Costs one forward pass of the three models per projection group.
+void refit_sequentially(const LlamaParams& a, const LlamaParams& bp,
+                        const std::vector<std::vector<int32_t>>& rows, const UnitLayout& residual,
+                        const std::vector<UnitLayout>& mlp, const std::vector<UnitLayout>& kv,
+                        const PleasOptions& options, LlamaParams& out) {
+  const int64_t L = a.layers(), G = a.heads() / a.kv_heads(), hd = a.head_dim();
+  const double eps = a.config.rms_norm_eps;
+  const auto model_a = make_model(a);
+  const auto model_b = make_model(bp);
+  std::unique_ptr<core::ProgressBar> bar;
+  if (options.progress) {
+    bar = std::make_unique<core::ProgressBar>("pleas: sequential refit", L * 4 + 1, "stages");
+  }
+  // Statistics of input `name` (normalised when it is the residual stream) with the merged
+  // model's own features.
+  auto statistics = [&](const UnitLayout& layout, const std::string& name, bool normed) {
+    Space space(layout);
+    const auto model_m = make_model(out);
+    const std::vector<std::string> selectors = {name};
+    for (size_t first = 0; first < rows.size(); first += options.batch_rows) {
+      const size_t count = std::min(rows.size() - first, static_cast<size_t>(options.batch_rows));
+      const infer::DumpTensor xa = dumped(dump_rows(*model_a, rows, first, count, selectors), name);
+      const infer::DumpTensor xb = dumped(dump_rows(*model_b, rows, first, count, selectors), name);
+      const infer::DumpTensor xm = dumped(dump_rows(*model_m, rows, first, count, selectors), name);
+      if (normed) {
+        space.add_merged(normalized(xa, eps).data(), normalized(xb, eps).data(),
+                         normalized(xm, eps).data(), xa.rows);
+      } else {
+        space.add_merged(xa.data.data(), xb.data.data(), xm.data.data(), xa.rows);
+      }
+    }
+    if (bar) bar->advance(1);
+    return space;
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    auto refit = [&](const char* w, const char* norm, const Space& in, const UnitLayout& out_l) {
+      const std::string name = layer_tensor(l, w);
+      auto folded = [&](const LlamaParams& m) {
+        return norm ? fold_columns(m.at(name), m.at(layer_tensor(l, norm))) : m.at(name);
+      };
+      out.tensors[name] = fit_linear(folded(a), folded(bp), in, &out_l, options.ridge,
+                                     fmt::format("layer {} {}", l, w));
+    };
+    const char* attn_norm = "input_layernorm.weight";
+    const char* ffn_norm = "post_attention_layernorm.weight";
+    {
+      const Space in =
+          statistics(residual, l == 0 ? "embd" : infer::Dumper::name("l_out", l - 1), true);
+      refit("self_attn.q_proj.weight", attn_norm, in, kv[l].with_unit(G * hd));
+      refit("self_attn.k_proj.weight", attn_norm, in, kv[l].with_unit(hd));
+      refit("self_attn.v_proj.weight", attn_norm, in, kv[l].with_unit(hd));
+    }
+    refit("self_attn.o_proj.weight", nullptr,
+          statistics(kv[l].with_unit(G * hd), infer::Dumper::name("attn", l), false), residual);
+    {
+      const Space in = statistics(residual, infer::Dumper::name("ffn_inp", l), true);
+      refit("mlp.gate_proj.weight", ffn_norm, in, mlp[l]);
+      refit("mlp.up_proj.weight", ffn_norm, in, mlp[l]);
+    }
+    refit("mlp.down_proj.weight", nullptr,
+          statistics(mlp[l], infer::Dumper::name("ffn_act", l), false), residual);
+  }
+  out.tensors["lm_head.weight"] =
+      fit_linear(fold_columns(a.at("lm_head.weight"), a.at("model.norm.weight")),
+                 fold_columns(bp.at("lm_head.weight"), bp.at("model.norm.weight")),
+                 statistics(residual, infer::Dumper::name("l_out", L - 1), true), nullptr,
+                 options.ridge, "lm_head");
+  if (bar) bar->finish();
 }
 
 }  // namespace
@@ -320,6 +400,23 @@ LlamaParams pleas_merge(const LlamaParams& a, const LlamaParams& b,
   tensor::Tensor ones({D2});
   std::fill(ones.data.begin(), ones.data.end(), 1.0f);
   out.tensors["model.norm.weight"] = ones;
+  // Every layer has the same widths: the unit counts depend on n and width alone.
+  rep.hidden = D2;
+  rep.intermediate = mlp[0].width();
+  rep.kv_heads = kv[0].m() + 2 * kv[0].s();
+  rep.heads = rep.kv_heads * G;
+  rep.tokens = tokens;
+  out.config = a.config;
+  out.config.hidden_size = rep.hidden;
+  out.config.intermediate_size = rep.intermediate;
+  out.config.num_kv_heads = rep.kv_heads;
+  out.config.num_heads = rep.heads;
+  auto& raw = out.config.raw;
+  raw["hidden_size"] = rep.hidden;
+  raw["intermediate_size"] = rep.intermediate;
+  raw["num_key_value_heads"] = rep.kv_heads;
+  raw["num_attention_heads"] = rep.heads;
+  raw["head_dim"] = hd;
   std::unique_ptr<core::ProgressBar> bar;
   if (options.progress) {
     bar = std::make_unique<core::ProgressBar>("pleas: least squares", L * 7 + 1, "layers");
@@ -356,25 +453,11 @@ LlamaParams pleas_merge(const LlamaParams& a, const LlamaParams& b,
     bar->finish();
   }
   rep.solve_seconds = since(t0);
-
-  // Every layer has the same widths only when the rule gives every layer the same unit counts,
-  // which it does: the counts depend on n and width alone.
-  rep.hidden = D2;
-  rep.intermediate = mlp[0].width();
-  rep.kv_heads = kv[0].m() + 2 * kv[0].s();
-  rep.heads = rep.kv_heads * G;
-  rep.tokens = tokens;
-  out.config = a.config;
-  out.config.hidden_size = rep.hidden;
-  out.config.intermediate_size = rep.intermediate;
-  out.config.num_kv_heads = rep.kv_heads;
-  out.config.num_heads = rep.heads;
-  auto& raw = out.config.raw;
-  raw["hidden_size"] = rep.hidden;
-  raw["intermediate_size"] = rep.intermediate;
-  raw["num_key_value_heads"] = rep.kv_heads;
-  raw["num_attention_heads"] = rep.heads;
-  raw["head_dim"] = hd;
+  if (options.sequential) {
+    t0 = Clock::now();
+    refit_sequentially(a, bp, rows, residual, mlp, kv, options, out);
+    rep.sequential_seconds = since(t0);
+  }
   if (report) *report = rep;
   return out;
 }

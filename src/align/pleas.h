@@ -37,12 +37,15 @@ struct PleasOptions {
   // Off by default: on the zoo pair it raised rev at width 2 (0.45 -> 0.73) but also the held-out
   // nll (2.24 -> 2.39); see docs/pleas.md.
   bool match_scale = false;
+  // After the independent fit, refit layer after layer on the merged model's own inputs.
+  bool sequential = false;
 };
 
 struct PleasReport {
   int64_t hidden = 0, intermediate = 0, kv_heads = 0, heads = 0;
   int64_t tokens = 0;
   double residual_scale = 1.0;  // factor applied to B's residual stream
+  double sequential_seconds = 0;
   double match_seconds = 0, accumulate_seconds = 0, solve_seconds = 0;
 };
 

@@ -21,7 +21,7 @@ struct PleasCliOptions {
   std::string a, b, out, data;
   double width = 1.0, ridge = 1e-4;
   int64_t rows = 32, row_tokens = 128;
-  bool force = false, match_scale = false;
+  bool force = false, match_scale = false, sequential = false;
 };
 
 void run_pleas(const PleasCliOptions& opt) {
@@ -37,6 +37,7 @@ void run_pleas(const PleasCliOptions& opt) {
   po.width = opt.width;
   po.ridge = opt.ridge;
   po.match_scale = opt.match_scale;
+  po.sequential = opt.sequential;
   align::PleasReport rep;
   const align::LlamaParams merged = align::pleas_merge(a, b, rows, po, &rep);
   align::save_llama(merged, opt.out, opt.force);
@@ -72,6 +73,8 @@ void register_pleas(CLI::App& app) {
   cmd->add_option("--row-tokens", opt->row_tokens, "Tokens per calibration row (default 128)");
   cmd->add_flag("--match-scale", opt->match_scale,
                 "Scale B's residual stream to A's mean square before merging (exact for B)");
+  cmd->add_flag("--sequential", opt->sequential,
+                "Refit layer after layer on the merged model's own inputs (slower)");
   cmd->add_flag("-f,--force", opt->force, "Replace an existing output directory");
   cmd->callback([opt] { run_pleas(*opt); });
 }
