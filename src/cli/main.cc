@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
   amalgam::cli::register_tokenize(app);
   amalgam::cli::register_merge(app);
   amalgam::cli::register_extract_lora(app);
+  amalgam::cli::register_align(app);
+  amalgam::cli::register_pleas(app);
   amalgam::cli::register_average(app);
   amalgam::cli::register_eval(app);
   amalgam::cli::register_soup(app);
