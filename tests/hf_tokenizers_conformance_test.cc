@@ -198,7 +198,8 @@ void check_tokenizer(const std::string& name) {
       while (at < got.size() && at < expected.size() && got[at] == expected[at]) ++at;
       const size_t from = at >= 2 ? at - 2 : 0;
       report << "\n  text #" << i << " \"" << escaped(texts[i]) << "\" special=" << special
-             << " first difference at id " << at << "\n    hf:      " << slice(expected, from, at + 6)
+             << " first difference at id " << at
+             << "\n    hf:      " << slice(expected, from, at + 6)
              << "\n    amalgam: " << slice(got, from, at + 6);
     }
   }
@@ -207,8 +208,7 @@ void check_tokenizer(const std::string& name) {
   size_t decode_mismatches = 0;
   std::ostringstream decode_report;
   for (const bool skip : {true, false}) {
-    const auto& expected_all =
-        entry->at(skip ? "decoded_skip_special" : "decoded_keep_special");
+    const auto& expected_all = entry->at(skip ? "decoded_skip_special" : "decoded_keep_special");
     const auto& ids_all = entry->at("with_special");
     ASSERT_EQ(expected_all.size(), texts.size());
     for (size_t i = 0; i < texts.size(); ++i) {
@@ -224,13 +224,12 @@ void check_tokenizer(const std::string& name) {
   }
 
   std::cout << "[ " << name << " ] " << entry->at("package").get<std::string>() << " vs "
-            << "@huggingface/tokenizers@"
-            << ref.json.at("hf_tokenizers_version").get<std::string>() << ": " << compared
-            << " encodings compared, " << mismatches << " differ; " << decoded
+            << "@huggingface/tokenizers@" << ref.json.at("hf_tokenizers_version").get<std::string>()
+            << ": " << compared << " encodings compared, " << mismatches << " differ; " << decoded
             << " decodings compared, " << decode_mismatches << " differ";
   if (set_aside) {
-    std::cout << ", " << set_aside << " set aside (Unicode version differences:"
-              << version_listing << ")";
+    std::cout << ", " << set_aside << " set aside (Unicode version differences:" << version_listing
+              << ")";
   }
   std::cout << "\n";
   EXPECT_EQ(mismatches, 0u) << "ids differ from Hugging Face tokenizers.js (first 25):"

@@ -120,6 +120,21 @@ for (const c of kCategories) {
   add(list.map((cp) => String.fromCodePoint(cp)).join(" "));
 }
 
+// A sweep over every Basic Multilingual Plane code point that the category tables agree on (as
+// above), 64 consecutive ones per text with a space after every seventh.
+const inSweep = new Set();
+for (const c of kCategories) for (const cp of members[c]) if (cp <= 0xffff) inSweep.add(cp);
+for (let base = 0; base <= 0xffff; base += 64) {
+  let t = "";
+  for (let cp = base, n = 0; cp < base + 64; cp += 1) {
+    if (!inSweep.has(cp)) continue;
+    t += String.fromCodePoint(cp);
+    categoryOf[cp] = kCategories.find((c) => categoryRe[c].test(String.fromCodePoint(cp)));
+    if (++n % 7 === 0) t += " ";
+  }
+  if (t) add(t);
+}
+
 // ---- whitespace runs, numbers, emoji, CJK, combining marks, apostrophes
 const kSpaces = [" ", "  ", "\t", "\n", "\r\n", "\r", "\u00a0", "\u3000", "\u2009", "\u0085",
   "\u000b", "\u000c", "\u2028", "\u200b", " \n ", "\n\n\n", "    ", "\t\t \n"];
