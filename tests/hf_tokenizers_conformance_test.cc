@@ -32,7 +32,8 @@ using testing::TempDir;
 
 struct Reference {
   std::optional<std::string> skip_reason;
-  nlohmann::json json;
+  std::filesystem::path dir;  // texts.json and one NAME.json per tokenizer
+  nlohmann::json texts;       // texts.json
 };
 
 std::string icu_category(char32_t cp) {
@@ -63,7 +64,7 @@ const Reference& reference() {
   static const Reference ref = [] {
     Reference r;
     TempDir dir;
-    const auto out = dir / "hf_reference.json";
+    const auto out = dir / "hf_reference";
     const auto categories = dir / "icu_categories.txt";
     write_icu_categories(categories);
     const auto script = source_dir() / "tests" / "conformance" / "hf_tokenizers.sh";
@@ -81,7 +82,9 @@ const Reference& reference() {
       ADD_FAILURE() << command << " failed with exit status " << code;
       return r;
     }
-    r.json = nlohmann::json::parse(testing::read_file(out));
+    // `out` links to the reference in the script's cache, which outlives the temporary directory.
+    r.dir = std::filesystem::canonical(out);
+    r.texts = nlohmann::json::parse(testing::read_file(r.dir / "texts.json"));
     return r;
   }();
   return ref;
@@ -155,16 +158,15 @@ bool uses_any(const std::string& text, const std::set<char32_t>& cps) {
 void check_tokenizer(const std::string& name) {
   const Reference& ref = reference();
   if (ref.skip_reason) GTEST_SKIP() << *ref.skip_reason;
-  ASSERT_TRUE(ref.json.is_object()) << "no reference (see the failure above)";
-  const nlohmann::json* entry = nullptr;
-  for (const auto& t : ref.json.at("tokenizers")) {
-    if (t.at("name") == name) entry = &t;
-  }
-  ASSERT_NE(entry, nullptr) << "reference has no tokenizer " << name;
+  ASSERT_TRUE(ref.texts.is_object()) << "no reference (see the failure above)";
+  const auto entry_file = ref.dir / (name + ".json");
+  ASSERT_TRUE(std::filesystem::exists(entry_file)) << "reference has no tokenizer " << name;
+  const auto entry_json = nlohmann::json::parse(testing::read_file(entry_file));
+  const nlohmann::json* entry = &entry_json;
 
-  const auto texts = ref.json.at("texts").get<std::vector<std::string>>();
+  const auto texts = ref.texts.at("texts").get<std::vector<std::string>>();
   std::string version_listing;
-  const auto differing = unicode_version_differences(ref.json.at("categories"), &version_listing);
+  const auto differing = unicode_version_differences(ref.texts.at("categories"), &version_listing);
   const auto tok = Tokenizer::from_directory(entry->at("dir").get<std::string>());
 
   size_t compared = 0;
@@ -224,8 +226,9 @@ void check_tokenizer(const std::string& name) {
   }
 
   std::cout << "[ " << name << " ] " << entry->at("package").get<std::string>() << " vs "
-            << "@huggingface/tokenizers@" << ref.json.at("hf_tokenizers_version").get<std::string>()
-            << ": " << compared << " encodings compared, " << mismatches << " differ; " << decoded
+            << "@huggingface/tokenizers@"
+            << ref.texts.at("hf_tokenizers_version").get<std::string>() << ": " << compared
+            << " encodings compared, " << mismatches << " differ; " << decoded
             << " decodings compared, " << decode_mismatches << " differ";
   if (set_aside) {
     std::cout << ", " << set_aside << " set aside (Unicode version differences:" << version_listing

