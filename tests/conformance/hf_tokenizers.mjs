@@ -1,4 +1,5 @@
-// Reference token ids from Hugging Face's tokenizers.js for tests/hf_tokenizers_conformance_test.cc.
+// Reference token ids from Hugging Face's tokenizers.js, for
+// tests/hf_tokenizers_conformance_test.cc.
 //
 // usage: node hf_tokenizers.mjs NODE_MODULES SOURCE_DIR OUT_DIR [CATEGORIES]
 //
@@ -22,7 +23,7 @@ if (!outDir) {
   console.error("usage: node hf_tokenizers.mjs NODE_MODULES SOURCE_DIR OUT_DIR [CATEGORIES]");
   process.exit(2);
 }
-// The ES module build named by the package's "exports" (require.resolve would give the CommonJS one).
+// The ES module build named by the package's "exports" (require.resolve gives the CommonJS one).
 const hfEntry = path.join(nodeModules, "@huggingface/tokenizers/dist/tokenizers.mjs");
 const { Tokenizer } = await import(pathToFileURL(hfEntry).href);
 const hfVersion = JSON.parse(
@@ -232,7 +233,8 @@ const pool = [];
 for (const c of kCategories) for (const cp of Object.keys(categoryOf)) {
   if (categoryOf[cp] === c) pool.push(String.fromCodePoint(Number(cp)));
 }
-for (const x of ["a", "b", "e", "Z", "0", "9", " ", " ", " ", "\n", "\t", "'", "'s", "'LL", ".", ",",
+for (const x of ["a", "b", "e", "Z", "0", "9", " ", " ", " ", "\n", "\t", "'", "'s", "'LL", ".",
+  ",",
   "!", "-", "_", "é", "中", "🙂", "\u0301", "\r\n", "\u00a0", "<s>", "<|im_end|>",
   "<|begin_of_text|>", "▁"]) {
   for (let k = 0; k < 12; k += 1) pool.push(x);

