@@ -121,19 +121,24 @@ for (const c of kCategories) {
   add(list.map((cp) => String.fromCodePoint(cp)).join(" "));
 }
 
-// A sweep over every Basic Multilingual Plane code point that the category tables agree on (as
-// above), 64 consecutive ones per text with a space after every seventh.
-const inSweep = new Set();
-for (const c of kCategories) for (const cp of members[c]) if (cp <= 0xffff) inSweep.add(cp);
-for (let base = 0; base <= 0xffff; base += 64) {
+// A sweep over every code point of the Basic Multilingual Plane and the Supplementary
+// Multilingual Plane that the category tables agree on (as above), and every 61st of the higher
+// planes: 64 to a text, with a space after every seventh.
+const inSweep = [];
+for (const c of kCategories) {
+  for (const cp of members[c]) {
+    if (cp <= 0x1ffff || cp % 61 === 0) inSweep.push(cp);
+  }
+}
+inSweep.sort((x, y) => x - y);
+for (let i = 0; i < inSweep.length; i += 64) {
   let t = "";
-  for (let cp = base, n = 0; cp < base + 64; cp += 1) {
-    if (!inSweep.has(cp)) continue;
+  inSweep.slice(i, i + 64).forEach((cp, n) => {
     t += String.fromCodePoint(cp);
     categoryOf[cp] = kCategories.find((c) => categoryRe[c].test(String.fromCodePoint(cp)));
-    if (++n % 7 === 0) t += " ";
-  }
-  if (t) add(t);
+    if (n % 7 === 6) t += " ";
+  });
+  add(t);
 }
 
 // ---- whitespace runs, numbers, emoji, CJK, combining marks, apostrophes
