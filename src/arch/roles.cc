@@ -90,6 +90,41 @@ std::string gguf_name(Role role, int64_t layer) {
   return expand(r.gguf, layer);
 }
 
+namespace {
+
+// Matches `name` against a template whose ${layer_index} / ${expert_index} stand for digits.
+bool match_template(std::string_view t, std::string_view name, RoleMatch& m) {
+  constexpr std::string_view kLayer = "${layer_index}", kExpert = "${expert_index}";
+  size_t i = 0, j = 0;
+  while (i < t.size()) {
+    const bool layer = t.substr(i, kLayer.size()) == kLayer;
+    const bool expert = t.substr(i, kExpert.size()) == kExpert;
+    if (layer || expert) {
+      size_t k = j;
+      while (k < name.size() && k - j < 9 && name[k] >= '0' && name[k] <= '9') ++k;
+      if (k == j) return false;
+      const int64_t v = std::stoll(std::string(name.substr(j, k - j)));
+      (layer ? m.layer : m.expert) = v;
+      i += layer ? kLayer.size() : kExpert.size();
+      j = k;
+      continue;
+    }
+    if (j >= name.size() || t[i] != name[j]) return false;
+    ++i, ++j;
+  }
+  return j == name.size();
+}
+
+}  // namespace
+
+std::optional<RoleMatch> match_hf_name(std::string_view name) {
+  for (const auto& r : roles()) {
+    RoleMatch m{r.role};
+    if (match_template(r.hf, name, m)) return m;
+  }
+  return std::nullopt;
+}
+
 const std::vector<ArchSpec>& arch_specs() { return specs(); }
 
 const ArchSpec* find_arch_spec(std::string_view architecture, std::string_view model_type) {

@@ -67,6 +67,14 @@ const TensorRole& tensor_role(Role role);
 std::string hf_name(Role role, int64_t layer = -1, int64_t expert = -1);
 std::string gguf_name(Role role, int64_t layer = -1);
 
+// Which role a Hugging Face tensor name plays, with its layer and expert (-1 when none).
+struct RoleMatch {
+  Role role;
+  int64_t layer = -1;
+  int64_t expert = -1;
+};
+std::optional<RoleMatch> match_hf_name(std::string_view name);
+
 // One config value written under "<gguf_arch>.<key>" (e.g. llama.context_length). A getter
 // returns nullopt when the config has no such value (the key is then not written).
 using ConfigValue = std::variant<uint32_t, float>;

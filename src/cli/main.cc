@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   amalgam::cli::register_tokenize(app);
   amalgam::cli::register_merge(app);
   amalgam::cli::register_extract_lora(app);
+  amalgam::cli::register_export_gguf(app);
   amalgam::cli::register_average(app);
   amalgam::cli::register_eval(app);
   amalgam::cli::register_soup(app);
