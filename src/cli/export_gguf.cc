@@ -41,14 +41,15 @@ void run_export(const ExportArgs& a) {
 
 void register_export_gguf(CLI::App& app) {
   auto a = std::make_shared<ExportArgs>();
-  auto* cmd = app.add_subcommand("export-gguf", "Write a checkpoint as a GGUF file for llama.cpp "
-                                                "(F32/F16/BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K)");
+  auto* cmd = app.add_subcommand("export-gguf",
+                                 "Write a checkpoint as a GGUF file for llama.cpp "
+                                 "(F32/F16/BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K)");
   cmd->add_option("model", a->model, "Model directory (config.json, safetensors, tokenizer.json)")
       ->required();
   cmd->add_option("-o,--output", a->out, "Output .gguf file")->required();
-  cmd->add_option("--type", a->type,
-                  fmt::format("Tensor type: {} (default f16)",
-                              fmt::join(gguf::export_type_names(), "|")));
+  cmd->add_option(
+      "--type", a->type,
+      fmt::format("Tensor type: {} (default f16)", fmt::join(gguf::export_type_names(), "|")));
   cmd->add_option("--gguf-pre", a->pre,
                   "llama.cpp pre-tokenizer name to write when none matches the tokenizer's rules");
   cmd->add_option("--name", a->name, "general.name (default: the model directory's name)");

@@ -45,9 +45,9 @@ void inspect_gguf(const InspectOptions& opt) {
       if (v.type == gguf::ValueType::kString) {
         j["metadata"][k] = v.s;
       } else if (v.type == gguf::ValueType::kArray) {
-        j["metadata"][k] = {{"type", gguf::value_type_name(v.elem)},
-                            {"count", v.elem == gguf::ValueType::kString ? v.strings.size()
-                                                                         : v.numbers.size()}};
+        j["metadata"][k] = {
+            {"type", gguf::value_type_name(v.elem)},
+            {"count", v.elem == gguf::ValueType::kString ? v.strings.size() : v.numbers.size()}};
       } else if (v.type == gguf::ValueType::kF32 || v.type == gguf::ValueType::kF64) {
         j["metadata"][k] = v.f;
       } else if (v.type == gguf::ValueType::kBool) {
@@ -92,7 +92,8 @@ void run_inspect(const InspectOptions& opt) {
   if (fs::is_regular_file(opt.path) && gguf::is_gguf_file(opt.path)) return inspect_gguf(opt);
   io::Checkpoint ckpt(opt.path);
   std::optional<io::ModelConfig> config;
-  if (fs::exists(ckpt.directory() / "config.json")) config = io::read_model_config(ckpt.directory());
+  if (fs::exists(ckpt.directory() / "config.json"))
+    config = io::read_model_config(ckpt.directory());
   int64_t params = 0;
   std::map<std::string, int64_t> by_dtype;
   for (const auto& name : ckpt.names()) {
@@ -140,13 +141,13 @@ void run_inspect(const InspectOptions& opt) {
   }
   if (config) {
     const auto& c = *config;
-    fmt::print("config      {} ({}), {} layers, hidden {}, heads {}/{} kv, head_dim {}, "
-               "intermediate {}, vocab {}, rope {} theta {}, dtype {}{}{}\n",
-               c.architecture, c.model_type, c.num_layers, c.hidden_size, c.num_heads,
-               c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size, c.rope.type,
-               c.rope.theta, c.dtype.empty() ? "?" : c.dtype,
-               c.tie_word_embeddings ? ", tied embeddings" : "",
-               c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
+    fmt::print(
+        "config      {} ({}), {} layers, hidden {}, heads {}/{} kv, head_dim {}, "
+        "intermediate {}, vocab {}, rope {} theta {}, dtype {}{}{}\n",
+        c.architecture, c.model_type, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
+        c.head_dim, c.intermediate_size, c.vocab_size, c.rope.type, c.rope.theta,
+        c.dtype.empty() ? "?" : c.dtype, c.tie_word_embeddings ? ", tied embeddings" : "",
+        c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
   }
 }
 
@@ -154,9 +155,11 @@ void run_inspect(const InspectOptions& opt) {
 
 void register_inspect(CLI::App& app) {
   auto opt = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show tensors, dtypes, shapes, shards and config "
-                                            "(reads headers only)");
-  cmd->add_option("path", opt->path, "Model directory, .safetensors, pytorch_model .bin or .gguf file")
+  auto* cmd = app.add_subcommand("inspect",
+                                 "Show tensors, dtypes, shapes, shards and config "
+                                 "(reads headers only)");
+  cmd->add_option("path", opt->path,
+                  "Model directory, .safetensors, pytorch_model .bin or .gguf file")
       ->required();
   cmd->add_flag("--json", opt->json, "Print JSON");
   cmd->add_flag("!--summary", opt->list, "Only the summary, not every tensor");

@@ -216,10 +216,9 @@ ConversionPlan plan_conversion(const io::ModelConfig& c,
     if (n.starts_with("blk.")) return {1, std::stoll(n.substr(4))};
     return {2, n == "output.weight" ? 1 : 0};
   };
-  std::stable_sort(plan.tensors.begin(), plan.tensors.end(),
-                   [&](const PlannedTensor& a, const PlannedTensor& b) {
-                     return rank(a.name) < rank(b.name);
-                   });
+  std::stable_sort(
+      plan.tensors.begin(), plan.tensors.end(),
+      [&](const PlannedTensor& a, const PlannedTensor& b) { return rank(a.name) < rank(b.name); });
   // Every stacked tensor must have all its experts.
   for (const auto& t : plan.tensors) {
     if (!t.values.empty()) continue;

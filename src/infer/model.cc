@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "gguf/import.h"
 #include "io/safetensors.h"
 
 namespace amalgam::infer {
@@ -87,6 +88,16 @@ WeightMap copy_into_arena(const WeightMap& views, std::shared_ptr<WeightArena>& 
 }  // namespace
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadOptions& options) {
+  if (std::filesystem::is_regular_file(path) && gguf::is_gguf_file(path)) {
+    // Dequantised to F32 once at load: the engine scores exactly the values the file holds.
+    gguf::ImportedModel g = gguf::import_gguf(path);
+    try {
+      return std::make_unique<Model>(std::move(g.config), WeightMap(g.views.begin(), g.views.end()),
+                                     g.storage);
+    } catch (const Error& e) {
+      fail("{}: {}", path.string(), e.what());
+    }
+  }
   auto checkpoint = std::make_shared<io::Checkpoint>(path);
   io::ModelConfig config = io::read_model_config(checkpoint->directory());
   WeightMap weights = checkpoint_weights(*checkpoint);
