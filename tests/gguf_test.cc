@@ -132,12 +132,12 @@ TEST(GgufFile, RejectsCorruptHeaders) {
     std::string error;
   };
   std::vector<Case> cases = {
-      {tiny_file(1, 1, 8, 1u << 30, 0, 32), "truncated"},           // string length
-      {tiny_file(1u << 30, 1, 8, 5, 0, 32), "metadata count"},     // count beyond the file
-      {tiny_file(1, 1, 99, 5, 0, 32), "invalid value type 99"},    // value type
-      {tiny_file(1, 1, 8, 5, 4, 32), "not aligned"},               // tensor offset
-      {tiny_file(1, 1, 8, 5, 0, 64), "extends past the end"},      // tensor size
-      {tiny_file(1, 1, 8, 5, 0, 0), "dimension 0"},                // empty dimension
+      {tiny_file(1, 1, 8, 1u << 30, 0, 32), "truncated"},        // string length
+      {tiny_file(1u << 30, 1, 8, 5, 0, 32), "metadata count"},   // count beyond the file
+      {tiny_file(1, 1, 99, 5, 0, 32), "invalid value type 99"},  // value type
+      {tiny_file(1, 1, 8, 5, 4, 32), "not aligned"},             // tensor offset
+      {tiny_file(1, 1, 8, 5, 0, 64), "extends past the end"},    // tensor size
+      {tiny_file(1, 1, 8, 5, 0, 0), "dimension 0"},              // empty dimension
   };
   auto bad_magic = tiny_file(1, 1, 8, 5, 0, 32);
   bad_magic[0] = 'X';
@@ -183,7 +183,8 @@ TEST(GgufConvert, PermutationMatchesSpecAndInverts) {
 // The zoo tokenizer (Digits(individual) then GPT-2 ByteLevel) is llama.cpp's "refact" rule;
 // an unknown rule is refused unless a name is given.
 TEST(GgufTokenizer, PreTokenizerNameRule) {
-  const nlohmann::json zoo_tok = nlohmann::json::parse(testing::read_file(zoo("base") / "tokenizer.json"));
+  const nlohmann::json zoo_tok =
+      nlohmann::json::parse(testing::read_file(zoo("base") / "tokenizer.json"));
   EXPECT_EQ(gguf::pre_tokenizer_name(zoo_tok), "refact");
   nlohmann::json other = zoo_tok;
   other["pre_tokenizer"] = {{"type", "Whitespace"}};
@@ -201,8 +202,8 @@ TEST(GgufTokenizer, PreTokenizerNameRule) {
   const auto m = gguf::tokenizer_metadata(dir / "m", c, std::string("gpt-2"));
   EXPECT_EQ(gguf::find(m, "tokenizer.ggml.pre")->s, "gpt-2");
   // The CLI refuses too and leaves no file behind.
-  auto r = testing::run_amalgam(fmt::format("export-gguf {} -o {}", (dir / "m").string(),
-                                            (dir / "o.gguf").string()));
+  auto r = testing::run_amalgam(
+      fmt::format("export-gguf {} -o {}", (dir / "m").string(), (dir / "o.gguf").string()));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--gguf-pre"), std::string::npos) << r.output;
   for (const auto& e : fs::directory_iterator(dir.path())) EXPECT_EQ(e.path().filename(), "m");
@@ -343,7 +344,7 @@ TEST(GgufZoo, QuantisedExportsScoreCloseToF32) {
     RecordProperty(t + "_max_logit_diff", std::to_string(diffs[t]));
   }
   EXPECT_LT(diffs["f16"], 2e-2f);  // the zoo's weights are bf16: f16 holds them nearly exactly
-  EXPECT_EQ(diffs["bf16"], 0.0f);   // bf16 weights written as bf16 are exact
+  EXPECT_EQ(diffs["bf16"], 0.0f);  // bf16 weights written as bf16 are exact
   // Logits of the zoo span about +-20; figures measured: q8_0 0.32, q4_0 3.6.
   EXPECT_LT(diffs["q8_0"], 0.6f);
   EXPECT_LT(diffs["q4_0"], 6.0f);
