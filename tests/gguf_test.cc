@@ -353,3 +353,48 @@ TEST(GgufZoo, QuantisedExportsScoreCloseToF32) {
 
 }  // namespace
 }  // namespace amalgam
+
+namespace amalgam {
+namespace {
+
+// merge --gguf writes the same tensors as export-gguf of the merged checkpoint; --gguf-only
+// writes the GGUF file alone.
+TEST(GgufMerge, SecondSinkEqualsExportOfTheMerge) {
+  TempDir dir;
+  testing::write_file(dir / "r.yaml",
+                      fmt::format("merge_method: linear\nmodels:\n"
+                                  "  - model: {}\n    parameters: {{weight: 0.5}}\n"
+                                  "  - model: {}\n    parameters: {{weight: 0.5}}\n"
+                                  "dtype: float32\n",
+                                  zoo("add-expert").string(), zoo("rev-expert").string()));
+  const std::string d = dir.path().string();
+  auto r = testing::run_amalgam(
+      fmt::format("-q merge {0}/r.yaml -o {0}/m --gguf {0}/m.gguf --type q4_k_m", d));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = testing::run_amalgam(fmt::format("-q export-gguf {0}/m -o {0}/e.gguf --type q4_k_m", d));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  gguf::GgufFile a(dir / "m.gguf"), b(dir / "e.gguf");
+  ASSERT_EQ(a.tensors().size(), b.tensors().size());
+  for (const auto& t : a.tensors()) {
+    const auto* u = b.tensor(t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    EXPECT_EQ(t.type, u->type) << t.name;
+    ASSERT_EQ(t.bytes, u->bytes) << t.name;
+    EXPECT_EQ(std::memcmp(t.data, u->data, t.bytes), 0) << t.name;
+  }
+  EXPECT_EQ(a.require("tokenizer.ggml.pre").s, "refact");
+
+  r = testing::run_amalgam(fmt::format(
+      "-q merge {0}/r.yaml -o {0}/none --gguf-only --gguf {0}/only.gguf --type f32", d));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "none"));
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir.path())) names.insert(e.path().filename());
+  EXPECT_EQ(names, (std::set<std::string>{"r.yaml", "m", "m.gguf", "e.gguf", "only.gguf"}));
+  auto merged = infer::load_model(dir / "m");
+  auto only = infer::load_model(dir / "only.gguf");
+  EXPECT_LT(max_diff(logits(*merged, kIds), logits(*only, kIds)), 1e-4f);
+}
+
+}  // namespace
+}  // namespace amalgam
