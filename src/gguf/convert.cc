@@ -29,12 +29,13 @@ bool use_more_bits(int64_t layer, int64_t layers) {
   return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
 }
 
-// A 256-block type demoted for rows it does not divide (llama-quantize: Q4_K -> Q5_0,
-// Q5_K -> Q5_1, Q6_K -> Q8_0; amalgam has no Q5_0/Q5_1 and uses Q8_0 for all three), then F16
-// when even 32-blocks do not fit.
+// A 256-block type demoted for rows it does not divide, as llama-quantize does (Q4_K -> Q5_0,
+// Q5_K -> Q5_1, Q6_K -> Q8_0), then F16 when even 32-blocks do not fit.
 GgmlType fit_rows(GgmlType t, int64_t cols) {
   if (cols % traits(t).block == 0) return t;
-  if (traits(t).block == 256) t = GgmlType::kQ8_0;
+  if (t == GgmlType::kQ4_K) t = GgmlType::kQ5_0;
+  if (t == GgmlType::kQ5_K) t = GgmlType::kQ5_1;
+  if (t == GgmlType::kQ6_K) t = GgmlType::kQ8_0;
   return cols % traits(t).block == 0 ? t : GgmlType::kF16;
 }
 

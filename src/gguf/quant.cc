@@ -57,6 +57,49 @@ void q4_0(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
+// ---- Q5_0: d (f16), qh (32 fifth bits), 16 bytes of nibbles; value (q - 16) d ----
+void q5_0(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 22) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; ++j) {
+      if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
+    }
+    const float d = max / -16.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    put16(out, h(d));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t lo = std::min<uint8_t>(31, static_cast<int8_t>(x[j] * id + 16.5f));
+      const uint8_t hi = std::min<uint8_t>(31, static_cast<int8_t>(x[j + 16] * id + 16.5f));
+      out[6 + j] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+      qh |= static_cast<uint32_t>(lo >> 4) << j;
+      qh |= static_cast<uint32_t>(hi >> 4) << (j + 16);
+    }
+    std::memcpy(out + 2, &qh, 4);
+  }
+}
+
+// ---- Q5_1: d, m (f16), qh, nibbles; value q d + m ----
+void q5_1(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 24) {
+    float lo = x[0], hi = x[0];
+    for (int j = 1; j < 32; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+    const float d = (hi - lo) / 31.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    put16(out, h(d));
+    put16(out + 2, h(lo));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t a = static_cast<uint8_t>((x[j] - lo) * id + 0.5f);
+      const uint8_t c = static_cast<uint8_t>((x[j + 16] - lo) * id + 0.5f);
+      out[8 + j] = static_cast<uint8_t>((a & 0xF) | ((c & 0xF) << 4));
+      qh |= static_cast<uint32_t>((a >> 4) & 1) << j;
+      qh |= static_cast<uint32_t>((c >> 4) & 1) << (j + 16);
+    }
+    std::memcpy(out + 4, &qh, 4);
+  }
+}
+
 // Scale and (negated) min of a group quantised to [0, nmax] as scale * L - min, searched over
 // nstep + 1 trial inverse scales around nmax / (max - min), weighted least squares.
 float search_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min,
@@ -312,6 +355,23 @@ void dq4_0(const uint8_t* in, int64_t n, float* y) {
   }
 }
 
+void dq5(const uint8_t* in, int64_t n, float* y, bool with_min) {
+  const size_t bytes = with_min ? 24 : 22;
+  for (int64_t b = 0; b < n / 32; ++b, in += bytes, y += 32) {
+    const float d = f(get16(in));
+    const float m = with_min ? f(get16(in + 2)) : 0.0f;
+    uint32_t qh;
+    std::memcpy(&qh, in + (with_min ? 4 : 2), 4);
+    const uint8_t* qs = in + (with_min ? 8 : 6);
+    for (int j = 0; j < 16; ++j) {
+      const int a = (qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1) << 4);
+      const int c = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1) << 4);
+      y[j] = with_min ? d * a + m : d * (a - 16);
+      y[j + 16] = with_min ? d * c + m : d * (c - 16);
+    }
+  }
+}
+
 void dq_k45(const uint8_t* in, int64_t n, float* y, bool five) {
   const size_t bytes = five ? 176 : 144;
   for (int64_t b = 0; b < n / kQK; ++b, in += bytes) {
@@ -379,6 +439,10 @@ void quantize_row(GgmlType type, const float* x, int64_t n, uint8_t* out) {
       return q8_0(x, n, out);
     case GgmlType::kQ4_0:
       return q4_0(x, n, out);
+    case GgmlType::kQ5_0:
+      return q5_0(x, n, out);
+    case GgmlType::kQ5_1:
+      return q5_1(x, n, out);
     case GgmlType::kQ4_K:
       return q4_k(x, n, out);
     case GgmlType::kQ5_K:
@@ -404,6 +468,10 @@ void dequantize_row(GgmlType type, const uint8_t* in, int64_t n, float* y) {
       return dq8_0(in, n, y);
     case GgmlType::kQ4_0:
       return dq4_0(in, n, y);
+    case GgmlType::kQ5_0:
+      return dq5(in, n, y, false);
+    case GgmlType::kQ5_1:
+      return dq5(in, n, y, true);
     case GgmlType::kQ4_K:
       return dq_k45(in, n, y, false);
     case GgmlType::kQ5_K:

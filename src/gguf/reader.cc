@@ -215,7 +215,7 @@ GgufFile::GgufFile(const std::filesystem::path& path)
     const auto tt = type_traits(raw_type);
     AMALGAM_CHECK(tt.has_value(),
                   "{}: tensor '{}' has ggml type {}, which amalgam does not read (F32, F16, BF16, "
-                  "Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)",
+                  "Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)",
                   where, t.name, raw_type);
     t.type = tt->type;
     AMALGAM_CHECK(ne[0] % tt->block == 0, "{}: tensor '{}': rows of {} are not whole {} blocks",
