@@ -398,3 +398,32 @@ TEST(GgufMerge, SecondSinkEqualsExportOfTheMerge) {
 
 }  // namespace
 }  // namespace amalgam
+
+namespace amalgam {
+namespace {
+
+// Every role's HF name parses back to that role, layer and expert; GGUF names are unique.
+TEST(ArchRoles, NamesRoundTripAndGgufNamesAreUnique) {
+  std::set<std::string> gguf_names;
+  for (const auto& r : arch::tensor_roles()) {
+    const int64_t layer = r.per_layer ? 17 : -1;
+    const bool expert = std::string_view(r.hf).find("${expert_index}") != std::string_view::npos;
+    const auto m = arch::match_hf_name(arch::hf_name(r.role, layer, expert ? 5 : -1));
+    ASSERT_TRUE(m.has_value()) << r.hf;
+    EXPECT_EQ(m->role, r.role) << r.hf;
+    EXPECT_EQ(m->layer, layer) << r.hf;
+    EXPECT_EQ(m->expert, expert ? 5 : -1) << r.hf;
+    if (!r.gguf.empty() && r.role != arch::Role::kFusedRouter &&
+        r.role != arch::Role::kFusedExpertsDown) {
+      EXPECT_TRUE(gguf_names.insert(std::string(r.gguf)).second) << r.gguf;
+    }
+  }
+  EXPECT_FALSE(arch::match_hf_name("model.layers.x.self_attn.q_proj.weight").has_value());
+  EXPECT_EQ(arch::gguf_name(arch::Role::kAttnK, 3), "blk.3.attn_k.weight");
+  EXPECT_EQ(arch::find_arch_spec("", "qwen2")->gguf_arch, "qwen2");
+  EXPECT_FALSE(arch::find_arch_spec("Qwen2ForCausalLM", "")->permute_qk);
+  EXPECT_TRUE(arch::find_arch_spec("MixtralForCausalLM", "")->permute_qk);
+}
+
+}  // namespace
+}  // namespace amalgam

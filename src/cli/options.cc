@@ -6,7 +6,6 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "gguf/format.h"
-#include "gguf/format.h"
 #include "io/safetensors_writer.h"
 #include "merge/finalize.h"
 
