@@ -120,6 +120,22 @@ TEST(KillNine, DestinationIsAbsentOrCompleteAndTheNextRunCleansUp) {
   RecordProperty("complete", complete);
 }
 
+// SIGTERM (as Ctrl-C's SIGINT) stops the engine commands within a micro-batch: status 130, the
+// message "interrupted", and no result file.
+TEST(Signals, EngineCommandsStopWithStatus130) {
+  TempDir dir;
+  for (const std::string command :
+       {"perplexity " + q(zoo("base-large")) + " --file " + q(zoo("eval/heldout.txt")) + " -t 1",
+        "eval " + q(zoo("base-large")) + " --task " + q(zoo("eval/add.json")) + " -j 1 --json " +
+            q(dir / "out.json")}) {
+    auto r = testing::run_amalgam_with_prefix(
+        "", command + " 2>&1 & pid=$!; sleep 0.5; kill -TERM $pid; wait $pid; echo status=$?");
+    EXPECT_NE(r.output.find("status=130"), std::string::npos) << command << "\n" << r.output;
+    EXPECT_NE(r.output.find("interrupted"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir / "out.json"));
+  }
+}
+
 // SIGBUS on a mapped input that shrank: the handler names the file and removes the staging
 // directories registered for removal, then exits with status 1.
 TEST(TruncatedInput, SigbusNamesTheFileAndRemovesStaging) {

@@ -1,14 +1,19 @@
-// Architecture tables, as data. Names follow the Hugging Face checkpoints (and mergekit's
+// Architecture tables, as data. Names come from the role table (roles.cc) and follow the Hugging
+// Face checkpoints (and mergekit's
 // _data/architectures JSON files). Biases that some checkpoints of an architecture carry are
 // listed as optional: they are merged when present and skipped when no model has them.
 #include <algorithm>
 #include <map>
 
 #include "arch/architecture.h"
+#include "arch/roles.h"
 
 namespace amalgam::arch {
 
 namespace {
+
+// The Hugging Face name template of a role, from the one table in roles.cc.
+std::string hf(Role role) { return std::string(tensor_role(role).hf); }
 
 WeightSpec w(std::string name) {
   WeightSpec spec;
@@ -37,60 +42,57 @@ WeightSpec tied_head(std::string name, std::string alias, std::string embeddings
   return spec;
 }
 
-const WeightSpec kEmbedTokens = embedding("model.embed_tokens.weight");
-const WeightSpec kFinalNorm = w("model.norm.weight");
+const WeightSpec kEmbedTokens = embedding(hf(Role::kTokenEmbd));
+const WeightSpec kFinalNorm = w(hf(Role::kOutputNorm));
 const WeightSpec kLmHead =
-    tied_head("lm_head.weight", "model.lm_head.weight", "model.embed_tokens.weight");
-
-#define LAYER "model.layers.${layer_index}."
+    tied_head(hf(Role::kOutput), "model.lm_head.weight", hf(Role::kTokenEmbd));
 
 const std::vector<WeightSpec> kLlamaAttention = {
-    w(LAYER "input_layernorm.weight"),       w(LAYER "self_attn.q_proj.weight"),
-    w(LAYER "self_attn.k_proj.weight"),      w(LAYER "self_attn.v_proj.weight"),
-    w(LAYER "self_attn.o_proj.weight"),
-    optional(LAYER "self_attn.q_proj.bias"),  // attention_bias: true
-    optional(LAYER "self_attn.k_proj.bias"), optional(LAYER "self_attn.v_proj.bias"),
-    optional(LAYER "self_attn.o_proj.bias"), w(LAYER "post_attention_layernorm.weight"),
+    w(hf(Role::kAttnNorm)),
+    w(hf(Role::kAttnQ)),
+    w(hf(Role::kAttnK)),
+    w(hf(Role::kAttnV)),
+    w(hf(Role::kAttnOut)),
+    optional(hf(Role::kAttnQBias)),  // attention_bias: true
+    optional(hf(Role::kAttnKBias)),
+    optional(hf(Role::kAttnVBias)),
+    optional(hf(Role::kAttnOutBias)),
+    w(hf(Role::kFfnNorm)),
 };
 
 const std::vector<WeightSpec> kLlamaMlp = {
-    w(LAYER "mlp.gate_proj.weight"),    w(LAYER "mlp.up_proj.weight"),
-    w(LAYER "mlp.down_proj.weight"),    optional(LAYER "mlp.gate_proj.bias"),  // mlp_bias: true
-    optional(LAYER "mlp.up_proj.bias"), optional(LAYER "mlp.down_proj.bias"),
+    w(hf(Role::kFfnGate)),          w(hf(Role::kFfnUp)),
+    w(hf(Role::kFfnDown)),          optional(hf(Role::kFfnGateBias)),  // mlp_bias: true
+    optional(hf(Role::kFfnUpBias)), optional(hf(Role::kFfnDownBias)),
 };
 
 // Qwen2 always has q/k/v biases (and never an o_proj bias).
 const std::vector<WeightSpec> kQwen2Attention = {
-    w(LAYER "input_layernorm.weight"),          w(LAYER "self_attn.q_proj.weight"),
-    w(LAYER "self_attn.q_proj.bias"),           w(LAYER "self_attn.k_proj.weight"),
-    w(LAYER "self_attn.k_proj.bias"),           w(LAYER "self_attn.v_proj.weight"),
-    w(LAYER "self_attn.v_proj.bias"),           w(LAYER "self_attn.o_proj.weight"),
-    w(LAYER "post_attention_layernorm.weight"),
+    w(hf(Role::kAttnNorm)),  w(hf(Role::kAttnQ)),     w(hf(Role::kAttnQBias)),
+    w(hf(Role::kAttnK)),     w(hf(Role::kAttnKBias)), w(hf(Role::kAttnV)),
+    w(hf(Role::kAttnVBias)), w(hf(Role::kAttnOut)),   w(hf(Role::kFfnNorm)),
 };
 
 const std::vector<WeightSpec> kMixtralAttention = {
-    w(LAYER "input_layernorm.weight"),  w(LAYER "self_attn.q_proj.weight"),
-    w(LAYER "self_attn.k_proj.weight"), w(LAYER "self_attn.v_proj.weight"),
-    w(LAYER "self_attn.o_proj.weight"), w(LAYER "post_attention_layernorm.weight"),
+    w(hf(Role::kAttnNorm)), w(hf(Role::kAttnQ)),   w(hf(Role::kAttnK)),
+    w(hf(Role::kAttnV)),    w(hf(Role::kAttnOut)), w(hf(Role::kFfnNorm)),
 };
 
 // transformers 5: experts stacked into [E, 2I, H] (gate rows then up rows) and [E, H, I].
 const std::vector<WeightSpec> kMixtralFusedExperts = {
-    w(LAYER "mlp.gate.weight"),
-    w(LAYER "mlp.experts.gate_up_proj"),
-    w(LAYER "mlp.experts.down_proj"),
+    w(hf(Role::kFusedRouter)),
+    w(hf(Role::kFusedExpertsGateUp)),
+    w(hf(Role::kFusedExpertsDown)),
 };
 
 // transformers 4 and most published checkpoints: one tensor per expert; w1 = gate, w3 = up,
 // w2 = down.
 const std::vector<WeightSpec> kMixtralClassicExperts = {
-    w(LAYER "block_sparse_moe.gate.weight"),
-    w(LAYER "block_sparse_moe.experts.${expert_index}.w1.weight"),
-    w(LAYER "block_sparse_moe.experts.${expert_index}.w2.weight"),
-    w(LAYER "block_sparse_moe.experts.${expert_index}.w3.weight"),
+    w(hf(Role::kRouter)),
+    w(hf(Role::kExpertGate)),
+    w(hf(Role::kExpertDown)),
+    w(hf(Role::kExpertUp)),
 };
-
-#undef LAYER
 
 std::vector<WeightSpec> concat(std::vector<WeightSpec> a, const std::vector<WeightSpec>& b) {
   a.insert(a.end(), b.begin(), b.end());

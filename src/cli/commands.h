@@ -20,5 +20,6 @@ void register_merge(CLI::App& app);
 void register_extract_lora(CLI::App& app);
 void register_align(CLI::App& app);
 void register_pleas(CLI::App& app);
+void register_export_gguf(CLI::App& app);
 
 }  // namespace amalgam::cli

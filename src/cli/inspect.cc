@@ -1,5 +1,5 @@
 // amalgam inspect PATH: tensors, dtypes, shapes, parameter count, shards and config summary,
-// from headers only (no weight is read).
+// from headers only (no weight is read); for a GGUF file its metadata and tensors.
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "gguf/reader.h"
 #include "io/config_check.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
@@ -25,7 +26,72 @@ struct InspectOptions {
   bool list = true;
 };
 
+// A GGUF file: every key (arrays summarised) and tensor (type, shape, offset), validated.
+void inspect_gguf(const InspectOptions& opt) {
+  gguf::GgufFile f(opt.path);
+  int64_t params = 0;
+  std::map<std::string, size_t> by_type;
+  for (const auto& t : f.tensors()) {
+    params += t.numel();
+    ++by_type[std::string(gguf::type_name(t.type))];
+  }
+  if (opt.json) {
+    nlohmann::ordered_json j;
+    j["path"] = opt.path;
+    j["version"] = f.version();
+    j["alignment"] = f.alignment();
+    j["data_offset"] = f.data_offset();
+    j["parameters"] = params;
+    j["bytes"] = f.file_size();
+    for (const auto& [k, v] : f.metadata()) {
+      if (v.type == gguf::ValueType::kString) {
+        j["metadata"][k] = v.s;
+      } else if (v.type == gguf::ValueType::kArray) {
+        j["metadata"][k] = {
+            {"type", gguf::value_type_name(v.elem)},
+            {"count", v.elem == gguf::ValueType::kString ? v.strings.size() : v.numbers.size()}};
+      } else if (v.type == gguf::ValueType::kF32 || v.type == gguf::ValueType::kF64) {
+        j["metadata"][k] = v.f;
+      } else if (v.type == gguf::ValueType::kBool) {
+        j["metadata"][k] = v.u != 0;
+      } else {
+        j["metadata"][k] = v.as_int(k);
+      }
+    }
+    for (const auto& t : f.tensors()) {
+      j["tensors"][t.name] = {{"type", gguf::type_name(t.type)},
+                              {"shape", t.shape},
+                              {"offset", t.offset},
+                              {"bytes", t.bytes}};
+    }
+    fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  size_t kw = 0;
+  for (const auto& [k, v] : f.metadata()) kw = std::max(kw, k.size());
+  for (const auto& [k, v] : f.metadata()) {
+    fmt::print("{:<{}}  {:<5} {}\n", k, kw, gguf::value_type_name(v.type), v.summary());
+  }
+  fmt::print("\n");
+  if (opt.list) {
+    size_t width = 0;
+    for (const auto& t : f.tensors()) width = std::max(width, t.name.size());
+    for (const auto& t : f.tensors()) {
+      fmt::print("{:<{}}  {:<5} {:<16} offset {}\n", t.name, width, gguf::type_name(t.type),
+                 tensor::shape_string(t.shape), t.offset);
+    }
+    fmt::print("\n");
+  }
+  fmt::print("GGUF        version {}, alignment {}, data at {}\n", f.version(), f.alignment(),
+             f.data_offset());
+  fmt::print("tensors     {}\n", f.tensors().size());
+  for (const auto& [type, n] : by_type) fmt::print("  {:<8}  {}\n", type, n);
+  fmt::print("parameters  {} ({:.2f}M)\n", params, static_cast<double>(params) / 1e6);
+  fmt::print("size        {}\n", core::human_bytes(static_cast<double>(f.file_size())));
+}
+
 void run_inspect(const InspectOptions& opt) {
+  if (fs::is_regular_file(opt.path) && gguf::is_gguf_file(opt.path)) return inspect_gguf(opt);
   io::Checkpoint ckpt(opt.path);
   std::optional<io::ModelConfig> config;
   if (fs::exists(ckpt.directory() / "config.json")) config = io::read_model_config(ckpt.directory());
@@ -90,13 +156,13 @@ void run_inspect(const InspectOptions& opt) {
   }
   if (config) {
     const auto& c = *config;
-    fmt::print("config      {} ({}), {} layers, hidden {}, heads {}/{} kv, head_dim {}, "
-               "intermediate {}, vocab {}, rope {} theta {}, dtype {}{}{}\n",
-               c.architecture, c.model_type, c.num_layers, c.hidden_size, c.num_heads,
-               c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size, c.rope.type,
-               c.rope.theta, c.dtype.empty() ? "?" : c.dtype,
-               c.tie_word_embeddings ? ", tied embeddings" : "",
-               c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
+    fmt::print(
+        "config      {} ({}), {} layers, hidden {}, heads {}/{} kv, head_dim {}, "
+        "intermediate {}, vocab {}, rope {} theta {}, dtype {}{}{}\n",
+        c.architecture, c.model_type, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
+        c.head_dim, c.intermediate_size, c.vocab_size, c.rope.type, c.rope.theta,
+        c.dtype.empty() ? "?" : c.dtype, c.tie_word_embeddings ? ", tied embeddings" : "",
+        c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
   }
   refuse_if_contradicted();
 }
@@ -105,9 +171,11 @@ void run_inspect(const InspectOptions& opt) {
 
 void register_inspect(CLI::App& app) {
   auto opt = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show tensors, dtypes, shapes, shards and config "
-                                            "(reads headers only)");
-  cmd->add_option("path", opt->path, "Model directory, .safetensors or pytorch_model .bin file")
+  auto* cmd = app.add_subcommand("inspect",
+                                 "Show tensors, dtypes, shapes, shards and config "
+                                 "(reads headers only)");
+  cmd->add_option("path", opt->path,
+                  "Model directory, .safetensors, pytorch_model .bin or .gguf file")
       ->required();
   cmd->add_flag("--json", opt->json, "Print JSON");
   cmd->add_flag("!--summary", opt->list, "Only the summary, not every tensor");

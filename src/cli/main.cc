@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   amalgam::cli::register_extract_lora(app);
   amalgam::cli::register_align(app);
   amalgam::cli::register_pleas(app);
+  amalgam::cli::register_export_gguf(app);
   amalgam::cli::register_average(app);
   amalgam::cli::register_eval(app);
   amalgam::cli::register_soup(app);

@@ -40,6 +40,10 @@ void run_stages(const MergeArgs& args, const std::string& text) {
       [&](const merge::Plan& plan, const std::filesystem::path& out, bool intermediate) {
         OutputArgs output = args.output;
         output.force = output.force || intermediate;
+        if (intermediate) {  // only the final stage goes to GGUF
+          output.gguf.clear();
+          output.gguf_only = false;
+        }
         merge::InputSet inputs;
         run_write(plan, inputs, out.string(), output, args.seed);
       });
@@ -53,6 +57,7 @@ void run_merge(MergeArgs args) {
     }
     args.out = args.out_positional;
   }
+  if (args.out.empty() && args.output.gguf_only) args.out = args.output.gguf;  // unused
   if (args.out.empty()) fail("no output directory: add -o OUT (or OUT after the recipe)");
   const std::string text = core::read_text_file(args.recipe);
   if (recipe::is_multi_stage(text)) return run_stages(args, text);
@@ -81,6 +86,7 @@ void register_merge(CLI::App& app) {
   cmd->add_flag("--keep-intermediates", args->keep_intermediates,
                 "Multi-stage recipe: keep the intermediate stages (re-runs skip unchanged ones)");
   add_output_options(*cmd, args->output);
+  add_gguf_options(*cmd, args->output);
   cmd->callback([args] { run_merge(*args); });
 }
 

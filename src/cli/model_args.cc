@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "eval/model_source.h"
+#include "gguf/import.h"
 #include "infer/finite.h"
 #include "infer/matmul.h"
 #include "io/lora.h"
@@ -32,6 +33,19 @@ LoadedModel open_model(const std::string& path, bool tokenizer) {
     }
   }
   m.dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  if (fs::is_regular_file(path) && gguf::is_gguf_file(path)) {
+    // The tokenizer comes from the file itself (rebuilt from its tokenizer.ggml.* keys).
+    m.model = infer::load_model(path);
+    if (auto json = gguf::tokenizer_json_from_gguf(gguf::GgufFile(path))) {
+      m.tokenizer = tokenizer::Tokenizer::from_json(*json, path + ": tokenizer.ggml.*");
+    } else if (tokenizer) {
+      fail(
+          "{}: its tokenizer (model and pre-tokenizer) cannot be run by amalgam; give token ids "
+          "with --ids",
+          path);
+    }
+    return m;
+  }
   m.model = infer::load_model(path);
   if (tokenizer || fs::exists(m.dir / "tokenizer.json")) {
     m.tokenizer = tokenizer::Tokenizer::from_directory(m.dir);

@@ -12,12 +12,8 @@ namespace amalgam::infer {
 
 namespace {
 
-constexpr ArchInfo kArchitectures[] = {
-    {"LlamaForCausalLM", "llama", false, false},
-    {"MistralForCausalLM", "mistral", false, false},
-    {"Qwen2ForCausalLM", "qwen2", true, false},
-    {"MixtralForCausalLM", "mixtral", false, true},
-};
+using arch::hf_name;
+using arch::Role;
 
 class Resolver {
  public:
@@ -55,10 +51,12 @@ class Resolver {
   }
 
   // Projection with an optional bias; `bias_required` turns a missing bias into an error.
-  Linear linear(const std::string& prefix, int64_t rows, int64_t cols, bool bias_required) {
+  Linear linear(Role weight, Role bias, int64_t layer, int64_t rows, int64_t cols,
+                bool bias_required) {
     Linear l;
-    l.w = matrix(prefix + ".weight", rows, cols);
-    if (bias_required || has(prefix + ".bias")) l.bias = vector(prefix + ".bias", rows);
+    l.w = matrix(hf_name(weight, layer), rows, cols);
+    const std::string bias_name = hf_name(bias, layer);
+    if (bias_required || has(bias_name)) l.bias = vector(bias_name, rows);
     return l;
   }
 
@@ -81,14 +79,12 @@ void resolve_moe(Resolver& r, const io::ModelConfig& c, int64_t l, LayerWeights&
                 "config.json: MoE needs num_local_experts > 0 and 0 < num_experts_per_tok <= "
                 "num_local_experts (got {} and {})",
                 E, c.experts_per_token);
-  const std::string classic = fmt::format("model.layers.{}.block_sparse_moe", l);
-  const std::string fused = fmt::format("model.layers.{}.mlp", l);
   layer.experts.resize(static_cast<size_t>(E));
-  if (r.has(fused + ".experts.gate_up_proj")) {
+  const std::string gu_name = hf_name(Role::kFusedExpertsGateUp, l);
+  if (r.has(gu_name)) {
     // transformers 5: experts stacked, gate and up concatenated along the output dimension.
-    layer.router = r.matrix(fused + ".gate.weight", E, D);
-    const std::string gu_name = fused + ".experts.gate_up_proj";
-    const std::string down_name = fused + ".experts.down_proj";
+    layer.router = r.matrix(hf_name(Role::kFusedRouter, l), E, D);
+    const std::string down_name = hf_name(Role::kFusedExpertsDown, l);
     const tensor::TensorView& gu = r.get(gu_name, {E, 2 * I, D});
     const tensor::TensorView& down = r.get(down_name, {E, D, I});
     for (int64_t e = 0; e < E; ++e) {
@@ -98,12 +94,11 @@ void resolve_moe(Resolver& r, const io::ModelConfig& c, int64_t l, LayerWeights&
       layer.experts[e].down = weight_matrix_of_stack(down, e, down_name);
     }
   } else {
-    layer.router = r.matrix(classic + ".gate.weight", E, D);
+    layer.router = r.matrix(hf_name(Role::kRouter, l), E, D);
     for (int64_t e = 0; e < E; ++e) {
-      const std::string p = fmt::format("{}.experts.{}", classic, e);
-      layer.experts[e].gate = r.matrix(p + ".w1.weight", I, D);
-      layer.experts[e].up = r.matrix(p + ".w3.weight", I, D);
-      layer.experts[e].down = r.matrix(p + ".w2.weight", D, I);
+      layer.experts[e].gate = r.matrix(hf_name(Role::kExpertGate, l, e), I, D);
+      layer.experts[e].up = r.matrix(hf_name(Role::kExpertUp, l, e), I, D);
+      layer.experts[e].down = r.matrix(hf_name(Role::kExpertDown, l, e), D, I);
     }
   }
 }
@@ -111,14 +106,9 @@ void resolve_moe(Resolver& r, const io::ModelConfig& c, int64_t l, LayerWeights&
 }  // namespace
 
 const ArchInfo& find_arch(const io::ModelConfig& config) {
-  for (const auto& a : kArchitectures) {
-    if (!config.architecture.empty() && a.architecture == config.architecture) return a;
-  }
-  for (const auto& a : kArchitectures) {
-    if (config.architecture.empty() && a.model_type == config.model_type) return a;
-  }
+  if (const ArchInfo* a = arch::find_arch_spec(config.architecture, config.model_type)) return *a;
   std::string known;
-  for (const auto& a : kArchitectures) known += fmt::format(" {}", a.architecture);
+  for (const auto& a : arch::arch_specs()) known += fmt::format(" {}", a.architecture);
   fail(
       "config.json: architecture '{}' (model_type '{}') is not supported by the inference "
       "engine; supported:{}",
@@ -178,47 +168,48 @@ ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
   Resolver r(weights);
   ModelWeights m;
   const tensor::TensorView* embed = nullptr;
+  const std::string embed_name = hf_name(Role::kTokenEmbd);
+  const std::string head_name = hf_name(Role::kOutput);
   {
-    auto it = weights.find("model.embed_tokens.weight");
-    if (it == weights.end()) fail("missing tensor 'model.embed_tokens.weight'");
+    auto it = weights.find(embed_name);
+    if (it == weights.end()) fail("missing tensor '{}'", embed_name);
     AMALGAM_CHECK(it->second.shape.size() == 2 && it->second.shape[1] == D,
-                  "tensor 'model.embed_tokens.weight' has shape {}, expected [V, {}]",
+                  "tensor '{}' has shape {}, expected [V, {}]", embed_name,
                   tensor::shape_string(it->second.shape), D);
-    embed = &r.get("model.embed_tokens.weight", it->second.shape);
+    embed = &r.get(embed_name, it->second.shape);
   }
-  m.embed = weight_matrix(*embed, "model.embed_tokens.weight");
-  m.final_norm = r.vector("model.norm.weight", D);
-  if (c.tie_word_embeddings || !r.has("lm_head.weight")) {
+  m.embed = weight_matrix(*embed, embed_name);
+  m.final_norm = r.vector(hf_name(Role::kOutputNorm), D);
+  if (c.tie_word_embeddings || !r.has(head_name)) {
     if (!c.tie_word_embeddings) {
-      fail("missing tensor 'lm_head.weight' (config.json has tie_word_embeddings false)");
+      fail("missing tensor '{}' (config.json has tie_word_embeddings false)", head_name);
     }
     m.lm_head = m.embed;
   } else {
-    auto it = weights.find("lm_head.weight");
+    auto it = weights.find(head_name);
     AMALGAM_CHECK(it->second.shape.size() == 2 && it->second.shape[1] == D,
-                  "tensor 'lm_head.weight' has shape {}, expected [V, {}]",
+                  "tensor '{}' has shape {}, expected [V, {}]", head_name,
                   tensor::shape_string(it->second.shape), D);
-    m.lm_head = weight_matrix(r.get("lm_head.weight", it->second.shape), "lm_head.weight");
+    m.lm_head = weight_matrix(r.get(head_name, it->second.shape), head_name);
   }
   const std::vector<int64_t> windows = layer_windows(c);
   const bool attn_bias = arch.qkv_bias_required || c.attention_bias;
   const bool o_bias = c.attention_bias && !arch.qkv_bias_required;
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = fmt::format("model.layers.{}", l);
     LayerWeights layer;
     layer.window = windows[static_cast<size_t>(l)];
-    layer.attn_norm = r.vector(p + ".input_layernorm.weight", D);
-    layer.ffn_norm = r.vector(p + ".post_attention_layernorm.weight", D);
-    layer.q = r.linear(p + ".self_attn.q_proj", H * d, D, attn_bias);
-    layer.k = r.linear(p + ".self_attn.k_proj", Hkv * d, D, attn_bias);
-    layer.v = r.linear(p + ".self_attn.v_proj", Hkv * d, D, attn_bias);
-    layer.o = r.linear(p + ".self_attn.o_proj", D, H * d, o_bias);
+    layer.attn_norm = r.vector(hf_name(Role::kAttnNorm, l), D);
+    layer.ffn_norm = r.vector(hf_name(Role::kFfnNorm, l), D);
+    layer.q = r.linear(Role::kAttnQ, Role::kAttnQBias, l, H * d, D, attn_bias);
+    layer.k = r.linear(Role::kAttnK, Role::kAttnKBias, l, Hkv * d, D, attn_bias);
+    layer.v = r.linear(Role::kAttnV, Role::kAttnVBias, l, Hkv * d, D, attn_bias);
+    layer.o = r.linear(Role::kAttnOut, Role::kAttnOutBias, l, D, H * d, o_bias);
     if (arch.moe) {
       resolve_moe(r, c, l, layer);
     } else {
-      layer.gate = r.linear(p + ".mlp.gate_proj", I, D, false);
-      layer.up = r.linear(p + ".mlp.up_proj", I, D, false);
-      layer.down = r.linear(p + ".mlp.down_proj", D, I, false);
+      layer.gate = r.linear(Role::kFfnGate, Role::kFfnGateBias, l, I, D, false);
+      layer.up = r.linear(Role::kFfnUp, Role::kFfnUpBias, l, I, D, false);
+      layer.down = r.linear(Role::kFfnDown, Role::kFfnDownBias, l, D, I, false);
     }
     m.layers.push_back(std::move(layer));
   }

@@ -1,8 +1,8 @@
 // Architectures as data: which config and tensor names a decoder uses, and the resolution of a
 // WeightMap (name -> view) into per-layer weights with every shape and dtype checked up front.
-// Llama, Mistral, Qwen2 and Mixtral share one block; they differ only in the rows of kArchitectures
-// (mandatory q/k/v biases, MoE feed-forward) and in config values (sliding window, tied
-// embeddings, rope).
+// Llama, Mistral, Qwen2 and Mixtral share one block; they differ only in their rows
+// of arch/roles.h (mandatory q/k/v biases, MoE feed-forward) and in config values (sliding window,
+// tied embeddings, rope).
 #pragma once
 
 #include <map>
@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "arch/roles.h"
 #include "infer/matmul.h"
 #include "io/hf_config.h"
 #include "tensor/tensor.h"
@@ -18,12 +19,8 @@ namespace amalgam::infer {
 
 using WeightMap = std::map<std::string, tensor::TensorView>;
 
-struct ArchInfo {
-  std::string_view architecture;  // config.json architectures[0]
-  std::string_view model_type;    // config.json model_type
-  bool qkv_bias_required;         // Qwen2: q/k/v projections always have biases
-  bool moe;                       // Mixtral: sparse mixture-of-experts feed-forward
-};
+// A row of the architecture table (arch/roles.h).
+using ArchInfo = arch::ArchSpec;
 
 // Finds the row for a config by architecture, then by model_type; fails naming both otherwise.
 const ArchInfo& find_arch(const io::ModelConfig& config);

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "gguf/import.h"
 #include "infer/finite.h"
 #include "io/safetensors.h"
 
@@ -102,6 +103,17 @@ WeightMap copy_into_arena(const WeightMap& views, std::shared_ptr<WeightArena>& 
 }  // namespace
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadOptions& options) {
+  if (std::filesystem::is_regular_file(path) && gguf::is_gguf_file(path)) {
+    // Dequantised to F32 once at load: the engine scores exactly the values the file holds.
+    gguf::ImportedModel g = gguf::import_gguf(path);
+    WeightMap weights(g.views.begin(), g.views.end());
+    if (check_finite_on_load()) check_finite_weights(weights, path.string());
+    try {
+      return std::make_unique<Model>(std::move(g.config), std::move(weights), g.storage);
+    } catch (const Error& e) {
+      fail("{}: {}", path.string(), e.what());
+    }
+  }
   auto checkpoint = std::make_shared<io::Checkpoint>(path);
   io::ModelConfig config = io::read_model_config(checkpoint->directory());
   WeightMap weights = checkpoint_weights(*checkpoint);

@@ -11,6 +11,7 @@
 #include "core/fs.h"
 #include "core/log.h"
 #include "io/config_check.h"
+#include "merge/gguf_sink.h"
 #include "merge/method.h"
 #include "merge/provenance.h"
 #include "merge/sink.h"
@@ -51,8 +52,8 @@ std::string method_phrase(const merge::MethodInfo& m) {
 std::string model_card(const Plan& plan, const fs::path& dir,
                        const std::vector<ShardDigest>& digests) {
   const merge::MergeMethod* known = merge::find_method(plan.method);
-  const merge::MethodInfo method = known ? known->info() : merge::MethodInfo{.name = plan.method,
-                                                                              .title = plan.method};
+  const merge::MethodInfo method =
+      known ? known->info() : merge::MethodInfo{.name = plan.method, .title = plan.method};
   std::string out = "---\ntags:\n- amalgam\n- merge\nlibrary_name: transformers\n---\n";
   // The staging directory's final name is the output's: strip the staging decoration.
   std::string title = dir.filename().string();
@@ -196,6 +197,45 @@ void validate_output_config(const Plan& plan, const fs::path& out) {
   }
 }
 
+namespace {
+
+fs::path tokenizer_directory(const Plan& plan) {
+  return model_directory(
+      plan.models.at(plan.tokenizer_source ? *plan.tokenizer_source : plan.donor));
+}
+
+void write_built_tokenizer(const BuiltTokenizer& built, const fs::path& dir) {
+  core::write_text_file(dir / "tokenizer.json", built.tokenizer_json);
+  if (built.tokenizer_config_json) {
+    core::write_text_file(dir / "tokenizer_config.json", *built.tokenizer_config_json);
+  }
+}
+
+// The output's config.json (the donor's, edited as write_model_files writes it).
+io::ModelConfig output_config(const Plan& plan) {
+  const fs::path config = model_directory(plan.models.at(plan.donor)) / "config.json";
+  if (!fs::exists(config)) fail("{}: no config.json; a GGUF output needs one", config.string());
+  const std::string text = output_config_json(plan, core::read_text_file(config), config.string());
+  return io::parse_model_config(nlohmann::ordered_json::parse(text), config.string());
+}
+
+OutputSummary write_gguf_only(const Plan& plan, InputSet& inputs, const OutputOptions& options) {
+  const GgufOutput& g = *options.gguf;
+  fs::path tokenizer_dir = tokenizer_directory(plan);
+  std::optional<core::StagedDirectory> scratch;  // never committed: removed on return
+  if (plan.built_tokenizer) {
+    scratch.emplace(fs::path(g.path.string() + ".tokenizer"), true);
+    write_built_tokenizer(*plan.built_tokenizer, scratch->path());
+    tokenizer_dir = scratch->path();
+  }
+  GgufSink sink(g.path, output_config(plan), tokenizer_dir, g.options);
+  OutputSummary summary;
+  summary.stats = execute(plan, inputs, sink, options.execute);
+  return summary;
+}
+
+}  // namespace
+
 OutputSummary write_model(const Plan& plan, InputSet& inputs, const fs::path& out,
                           const OutputOptions& options) {
   std::vector<const io::Checkpoint*> checkpoints = inputs.open_all(plan);
@@ -210,6 +250,7 @@ OutputSummary write_model(const Plan& plan, InputSet& inputs, const fs::path& ou
            out.string());
     }
   }
+  if (options.gguf && options.gguf->only) return write_gguf_only(plan, inputs, options);
   core::StagedDirectory staged(out, options.force);
 
   std::vector<ShardDigest> digests;
@@ -233,7 +274,20 @@ OutputSummary write_model(const Plan& plan, InputSet& inputs, const fs::path& ou
   OutputSummary summary;
   try {
     CheckpointSink sink(staged.path(), options.max_shard_bytes);
-    summary.stats = execute(plan, inputs, sink, options.execute);
+    std::unique_ptr<GgufSink> gguf_sink;
+    if (options.gguf) {
+      // The tokenizer the output gets: a built one is written into the staged directory first.
+      fs::path tokenizer_dir = tokenizer_directory(plan);
+      if (plan.built_tokenizer) {
+        write_built_tokenizer(*plan.built_tokenizer, staged.path());
+        tokenizer_dir = staged.path();
+      }
+      gguf_sink = std::make_unique<GgufSink>(options.gguf->path, output_config(plan),
+                                             tokenizer_dir, options.gguf->options);
+    }
+    TeeSink tee({&sink, gguf_sink.get()});
+    TensorSink& target_sink = gguf_sink ? static_cast<TensorSink&>(tee) : sink;
+    summary.stats = execute(plan, inputs, target_sink, options.execute);
     summary.shards = sink.writer().shard_count();
     summary.weight_bytes = sink.writer().total_bytes();
     if (hasher) {

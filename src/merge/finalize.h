@@ -6,20 +6,30 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "gguf/export.h"
 #include "io/safetensors.h"
 #include "merge/executor.h"
 #include "merge/plan.h"
 
 namespace amalgam::merge {
 
+// The merge also (or only) written as a GGUF file.
+struct GgufOutput {
+  std::filesystem::path path;
+  gguf::ExportOptions options;
+  bool only = false;  // no safetensors checkpoint
+};
+
 struct OutputOptions {
   uint64_t max_shard_bytes = 5'000'000'000;  // mergekit's default --out-shard-size 5B
   bool force = false;                        // replace an existing non-empty output directory
   bool model_card = true;                    // README.md with provenance
   ExecuteOptions execute;
+  std::optional<GgufOutput> gguf;
 };
 
 struct OutputSummary {

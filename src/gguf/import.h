@@ -1,0 +1,36 @@
+// A GGUF file (one amalgam or llama.cpp wrote for Llama, Mistral, Qwen2 or Mixtral) read back as
+// the engine's inputs: a config.json synthesised from the metadata, and every tensor under its
+// Hugging Face name, dequantised to F32 (q/k rows un-permuted, stacked experts split). The
+// engine then runs exactly the values the file holds. A tokenizer.json is rebuilt from the
+// tokenizer.ggml.* keys for byte-level BPE files.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gguf/reader.h"
+#include "io/hf_config.h"
+#include "tensor/tensor.h"
+
+namespace amalgam::gguf {
+
+struct ImportedModel {
+  io::ModelConfig config;
+  std::map<std::string, tensor::TensorView> views;  // HF name -> F32 view into `storage`
+  std::shared_ptr<std::vector<std::vector<float>>> storage;
+  std::optional<std::string> tokenizer_json;  // gpt2-model files only
+};
+
+ImportedModel import_gguf(const std::filesystem::path& path);
+
+// config.json of the file's model, from its hyperparameter keys.
+nlohmann::ordered_json config_from_gguf(const GgufFile& f);
+// tokenizer.json text for a "gpt2" tokenizer with a known pre-tokenizer name; nullopt otherwise.
+std::optional<std::string> tokenizer_json_from_gguf(const GgufFile& f);
+
+}  // namespace amalgam::gguf
