@@ -18,5 +18,6 @@ void register_logits(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_extract_lora(CLI::App& app);
+void register_moe(CLI::App& app);
 
 }  // namespace amalgam::cli

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   amalgam::cli::register_soup(app);
   amalgam::cli::register_evolve(app);
   amalgam::cli::register_methods(app);
+  amalgam::cli::register_moe(app);
 
   amalgam::cli::register_generate(app);
   amalgam::cli::register_logits(app);
