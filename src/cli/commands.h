@@ -19,5 +19,6 @@ void register_perplexity(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_extract_lora(CLI::App& app);
 void register_moe(CLI::App& app);
+void register_score(CLI::App& app);
 
 }  // namespace amalgam::cli

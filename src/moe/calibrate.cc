@@ -50,10 +50,16 @@ struct Sample {
 
 std::vector<std::string> calibration_texts(const ExpertConfig& expert) {
   if (expert.calibration_data.empty()) return expert.positive_prompts;
-  const fs::path path = expert.calibration_data;
-  if (!fs::is_regular_file(path)) {
-    fail("calibration_data '{}' of expert {}: no such file", path.string(), expert.source_model);
+  if (!fs::is_regular_file(expert.calibration_data)) {
+    fail("calibration_data '{}' of expert {}: no such file", expert.calibration_data,
+         expert.source_model);
   }
+  return read_samples(expert.calibration_data);
+}
+
+std::vector<std::string> read_samples(const std::string& file) {
+  const fs::path path = file;
+  if (!fs::is_regular_file(path)) fail("{}: no such file", file);
   const std::string text = core::read_text_file(path);
   std::vector<std::string> out;
   const std::string ext = path.extension().string();
@@ -77,7 +83,7 @@ std::vector<std::string> calibration_texts(const ExpertConfig& expert) {
     }
   }
   std::erase_if(out, [](const std::string& s) { return s.empty(); });
-  if (out.empty()) fail("calibration_data '{}': no samples", path.string());
+  if (out.empty()) fail("'{}': no samples", path.string());
   return out;
 }
 

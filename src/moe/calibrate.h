@@ -28,6 +28,8 @@ namespace amalgam::moe {
 // .json: an array; .jsonl: one item per line; an item is a string, {"text"} or
 // {"prompt", "answer"}, joined), else its positive prompts. Fails naming a missing or empty file.
 std::vector<std::string> calibration_texts(const ExpertConfig& expert);
+// The samples of such a file (also read by amalgam score and embed).
+std::vector<std::string> read_samples(const std::string& path);
 
 struct LayerCalibration {
   int64_t layer = 0;
