@@ -9,6 +9,12 @@
 #include "core/interrupt.h"
 #include "core/log.h"
 
+namespace amalgam::cli {
+// Declared here rather than in commands.h (src/cli/probe.cc).
+void register_embed(CLI::App& app);
+void register_probe(CLI::App& app);
+}  // namespace amalgam::cli
+
 int main(int argc, char** argv) {
   // Past a file-size limit, writes should fail with EFBIG (reported, output cleaned up) rather
   // than kill the process and leave a half-written staging directory.
@@ -35,6 +41,8 @@ int main(int argc, char** argv) {
   amalgam::cli::register_methods(app);
   amalgam::cli::register_moe(app);
   amalgam::cli::register_score(app);
+  amalgam::cli::register_embed(app);
+  amalgam::cli::register_probe(app);
 
   amalgam::cli::register_generate(app);
   amalgam::cli::register_logits(app);
