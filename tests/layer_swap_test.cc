@@ -1,6 +1,8 @@
 // layer_swap recipes: the expansion, and the merged model checked tensor by tensor against the
 // definition (donor layers in the swapped zones, base layers and non-layer tensors elsewhere,
 // linear averages in the transition layers), computed here from the inputs.
+#include "recipe/layer_swap.h"
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -8,7 +10,6 @@
 #include <regex>
 
 #include "io/safetensors.h"
-#include "recipe/layer_swap.h"
 #include "test_util.h"
 
 namespace amalgam {
@@ -62,10 +63,11 @@ TEST(LayerSwapTest, BothTransitions) { check_swap(1, 1, 1, 0.5); }
 
 TEST(LayerSwapTest, PrintExpandedShowsSlices) {
   testing::TempDir dir;
-  testing::write_file(dir / "swap.yaml",
-                      "layer_swap:\n  base: " + zoo("sort-expert").string() + "\n  donor: " +
-                          zoo("rev-expert").string() + "\n  bottom: 1\n  top: 1\n");
-  const auto r = testing::run_amalgam("merge " + (dir / "swap.yaml").string() + " --print-expanded");
+  testing::write_file(dir / "swap.yaml", "layer_swap:\n  base: " + zoo("sort-expert").string() +
+                                             "\n  donor: " + zoo("rev-expert").string() +
+                                             "\n  bottom: 1\n  top: 1\n");
+  const auto r =
+      testing::run_amalgam("merge " + (dir / "swap.yaml").string() + " --print-expanded");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("merge_method: linear"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("layer_range: [1, 3]"), std::string::npos) << r.output;

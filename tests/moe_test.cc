@@ -74,7 +74,8 @@ TEST(MoeTest, EveryTokenRoutedToExpertEGivesExpertELogits) {
       const std::vector<float> got = all_logits(*moe_model, ids, e);
       ASSERT_EQ(got.size(), want.size());
       double worst = 0.0;
-      for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+      for (size_t i = 0; i < got.size(); ++i)
+        worst = std::max(worst, double(std::abs(got[i] - want[i])));
       EXPECT_LT(worst, 1e-5) << "expert " << e << (fused ? " fused" : " per-expert");
     }
     // And they differ between experts (the test can fail).
@@ -207,11 +208,10 @@ TEST(MoeTest, CalibratedRoutersSeparateExperts) {
     std::string lines;
     for (int i = 0; i < 60; ++i) lines += items[i].dump() + "\n";
     testing::write_file(dir / (std::string(tasks[e]) + ".jsonl"), lines);
-    y += "  - source_model: " + zoo(kExperts[e]).string() + "\n    calibration_data: " +
-         (dir / (std::string(tasks[e]) + ".jsonl")).string() + "\n";
+    y += "  - source_model: " + zoo(kExperts[e]).string() +
+         "\n    calibration_data: " + (dir / (std::string(tasks[e]) + ".jsonl")).string() + "\n";
   }
-  const moe::BuildReport r =
-      moe::build_moe(moe::parse_moe_config(y, "cal.yaml"), dir / "moe", {});
+  const moe::BuildReport r = moe::build_moe(moe::parse_moe_config(y, "cal.yaml"), dir / "moe", {});
   ASSERT_EQ(r.calibration.size(), 4u);
   for (const auto& l : r.calibration) {
     EXPECT_GT(l.heldout_tokens, 100);
@@ -248,8 +248,8 @@ TEST(MoeTest, ConfigErrors) {
   const std::string same = "    positive_prompts: [\"x\"]\n";
   expect_error(
       [&] {
-        build(base + "experts:\n  - source_model: " + zoo("mlp-add-expert").string() + "\n" +
-              same + "  - source_model: " + zoo("mlp-rev-expert").string() + "\n" + same);
+        build(base + "experts:\n  - source_model: " + zoo("mlp-add-expert").string() + "\n" + same +
+              "  - source_model: " + zoo("mlp-rev-expert").string() + "\n" + same);
       },
       "same prompts");
   expect_error(
@@ -296,8 +296,8 @@ TEST(MoeTest, ConfigErrors) {
 TEST(MoeTest, CliFailureLeavesNothing) {
   TempDir dir;
   testing::write_file(dir / "c.yaml", "base_model: " + zoo("base").string() + "\nexperts: []\n");
-  const auto r = testing::run_amalgam("moe " + (dir / "c.yaml").string() + " -o " +
-                                      (dir / "out").string());
+  const auto r =
+      testing::run_amalgam("moe " + (dir / "c.yaml").string() + " -o " + (dir / "out").string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("no experts"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "out"));
@@ -313,7 +313,8 @@ TEST(LogisticRegressionTest, SolutionSatisfiesOptimality) {
   std::vector<int32_t> y(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     y[i] = static_cast<int32_t>(i % c);
-    for (int64_t j = 0; j < f; ++j) x[i * f + j] = static_cast<float>(g(rng) + (j == y[i] ? 1.5 : 0));
+    for (int64_t j = 0; j < f; ++j)
+      x[i * f + j] = static_cast<float>(g(rng) + (j == y[i] ? 1.5 : 0));
   }
   for (bool bias : {false, true}) {
     moe::LogisticOptions o;

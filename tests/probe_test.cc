@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "infer/model.h"
 #include "io/safetensors.h"
@@ -22,8 +22,8 @@ void write_items(const fs::path& path, int first, int last) {
   std::string lines;
   const char* tasks[] = {"add", "rev", "sort"};
   for (int label = 0; label < 3; ++label) {
-    const auto items =
-        nlohmann::json::parse(testing::read_file(zoo("eval") / (std::string(tasks[label]) + ".json")));
+    const auto items = nlohmann::json::parse(
+        testing::read_file(zoo("eval") / (std::string(tasks[label]) + ".json")));
     for (int i = first; i < last; ++i) {
       lines += nlohmann::json{{"text", items[i]["prompt"]}, {"label", label}}.dump() + "\n";
     }
@@ -34,10 +34,9 @@ void write_items(const fs::path& path, int first, int last) {
 TEST(ProbeTest, EmbedConcatenatesLastTokenStates) {
   testing::TempDir dir;
   write_items(dir / "items.jsonl", 0, 3);
-  const auto r = testing::run_amalgam("-q embed " + zoo("base").string() + "," +
-                                      zoo("rev-expert").string() + " --file " +
-                                      (dir / "items.jsonl").string() + " --layer 2 -o " +
-                                      (dir / "f.safetensors").string());
+  const auto r = testing::run_amalgam(
+      "-q embed " + zoo("base").string() + "," + zoo("rev-expert").string() + " --file " +
+      (dir / "items.jsonl").string() + " --layer 2 -o " + (dir / "f.safetensors").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   io::SafetensorsFile f((dir / "f.safetensors").string());
   const auto x = f.view(*f.find("features"));
@@ -74,9 +73,10 @@ TEST(ProbeTest, ProbeTellsTasksApart) {
   write_items(dir / "train.jsonl", 0, 30);
   write_items(dir / "test.jsonl", 100, 130);
   for (const char* s : {"train", "test"}) {
-    const auto r = testing::run_amalgam("-q embed " + zoo("base").string() + " --pool mean --file " +
-                                        (dir / (std::string(s) + ".jsonl")).string() + " -o " +
-                                        (dir / (std::string(s) + ".safetensors")).string());
+    const auto r =
+        testing::run_amalgam("-q embed " + zoo("base").string() + " --pool mean --file " +
+                             (dir / (std::string(s) + ".jsonl")).string() + " -o " +
+                             (dir / (std::string(s) + ".safetensors")).string());
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   const auto r = testing::run_amalgam("probe " + (dir / "train.safetensors").string() + " --eval " +

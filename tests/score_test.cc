@@ -28,10 +28,9 @@ TEST(ScoreTest, AddExpertTokensScoreAboveOperands) {
   std::string lines;
   for (int i = 0; i < 40; ++i) lines += items[i].dump() + "\n";
   testing::write_file(dir / "add.jsonl", lines);
-  const auto r = testing::run_amalgam("score " + zoo("base").string() + " --reference " +
-                                      zoo("add-expert").string() + " --file " +
-                                      (dir / "add.jsonl").string() + " -o " +
-                                      (dir / "s.jsonl").string() + " --keep 0.3");
+  const auto r = testing::run_amalgam(
+      "score " + zoo("base").string() + " --reference " + zoo("add-expert").string() + " --file " +
+      (dir / "add.jsonl").string() + " -o " + (dir / "s.jsonl").string() + " --keep 0.3");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto tok = tokenizer::Tokenizer::from_directory(zoo("base"));
   std::istringstream in(testing::read_file(dir / "s.jsonl"));
@@ -48,13 +47,13 @@ TEST(ScoreTest, AddExpertTokensScoreAboveOperands) {
     for (const auto& t : j["tokens"]) {
       const size_t pos = t["position"].get<size_t>();
       const std::string piece = t["piece"].get<std::string>();
-      const Kind kind = pos >= prompt_len                         ? kAnswer
+      const Kind kind = pos >= prompt_len                            ? kAnswer
                         : (pos == 1 || piece == "+" || piece == "=") ? kFormat
                                                                      : kOperand;
       all.push_back({t["excess"].get<double>(), kind});
       selected += t["selected"].get<bool>();
-      EXPECT_NEAR(t["excess"].get<double>(),
-                  t["loss"].get<double>() - t["ref_loss"].get<double>(), 1e-9);
+      EXPECT_NEAR(t["excess"].get<double>(), t["loss"].get<double>() - t["ref_loss"].get<double>(),
+                  1e-9);
     }
     ++docs;
   }
@@ -92,10 +91,9 @@ TEST(ScoreTest, TokenLossesAreNegativeLogSoftmax) {
 
 TEST(ScoreTest, Errors) {
   testing::TempDir dir;
-  const auto r = testing::run_amalgam("score " + zoo("base").string() + " --reference " +
-                                      zoo("add-expert").string() + " --file " +
-                                      (dir / "missing.txt").string() + " -o " +
-                                      (dir / "s.jsonl").string());
+  const auto r = testing::run_amalgam(
+      "score " + zoo("base").string() + " --reference " + zoo("add-expert").string() + " --file " +
+      (dir / "missing.txt").string() + " -o " + (dir / "s.jsonl").string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("missing.txt"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "s.jsonl"));

@@ -20,5 +20,7 @@ void register_merge(CLI::App& app);
 void register_extract_lora(CLI::App& app);
 void register_moe(CLI::App& app);
 void register_score(CLI::App& app);
+void register_embed(CLI::App& app);  // src/cli/probe.cc
+void register_probe(CLI::App& app);  // src/cli/probe.cc
 
 }  // namespace amalgam::cli

@@ -9,12 +9,6 @@
 #include "core/interrupt.h"
 #include "core/log.h"
 
-namespace amalgam::cli {
-// Declared here rather than in commands.h (src/cli/probe.cc).
-void register_embed(CLI::App& app);
-void register_probe(CLI::App& app);
-}  // namespace amalgam::cli
-
 int main(int argc, char** argv) {
   // Past a file-size limit, writes should fail with EFBIG (reported, output cleaned up) rather
   // than kill the process and leave a half-written staging directory.

@@ -53,9 +53,10 @@ void run_merge(MergeArgs args) {
   if (args.print_expanded) {
     const std::string text = core::read_text_file(args.recipe);
     if (!recipe::is_layer_swap(text)) {
-      fail("{}: --print-expanded shows what a layer_swap recipe expands to; this recipe has no "
-           "layer_swap key",
-           args.recipe);
+      fail(
+          "{}: --print-expanded shows what a layer_swap recipe expands to; this recipe has no "
+          "layer_swap key",
+          args.recipe);
     }
     std::fputs(recipe::expand_layer_swap(text, args.recipe).c_str(), stdout);
     return;

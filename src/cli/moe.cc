@@ -57,9 +57,9 @@ void run_moe(MoeArgs args) {
                  r.iterations);
     }
   }
-  core::info("{}: Mixtral MoE, {} experts, {} per token, gate_mode {}{}, {} of weights",
-             args.out, config.experts.size(), config.experts_per_token,
-             moe::gate_mode_name(config.gate_mode), args.fused ? ", fused layout" : "",
+  core::info("{}: Mixtral MoE, {} experts, {} per token, gate_mode {}{}, {} of weights", args.out,
+             config.experts.size(), config.experts_per_token, moe::gate_mode_name(config.gate_mode),
+             args.fused ? ", fused layout" : "",
              core::human_bytes(static_cast<double>(report.weight_bytes)));
 }
 

@@ -9,10 +9,11 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <nlohmann/json.hpp>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/commands.h"
 #include "cli/model_args.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -25,9 +26,6 @@
 #include "moe/router.h"
 
 namespace amalgam::cli {
-
-void register_embed(CLI::App& app);
-void register_probe(CLI::App& app);
 
 namespace {
 
@@ -101,10 +99,10 @@ void write_safetensors(const std::string& out, const std::vector<float>& x, int6
                        const std::vector<int64_t>& labels) {
   core::StagedDirectory staged(out + ".d", true);
   {
-    io::SafetensorsWriter w(staged.path(),
-                            {{"features", tensor::DType::kF32, {n, d}},
-                             {"labels", tensor::DType::kI64, {n}}},
-                            UINT64_MAX);
+    io::SafetensorsWriter w(
+        staged.path(),
+        {{"features", tensor::DType::kF32, {n, d}}, {"labels", tensor::DType::kI64, {n}}},
+        UINT64_MAX);
     w.write(0, reinterpret_cast<const uint8_t*>(x.data()), x.size() * sizeof(float));
     w.write(1, reinterpret_cast<const uint8_t*>(labels.data()), labels.size() * sizeof(int64_t));
     w.finish();
@@ -169,7 +167,8 @@ Set read_set(const std::string& path) {
   io::SafetensorsFile f(path);
   const io::TensorInfo* fx = f.find("features");
   const io::TensorInfo* fy = f.find("labels");
-  if (!fx || !fy) fail("{}: needs tensors 'features' and 'labels' (amalgam embed writes them)", path);
+  if (!fx || !fy)
+    fail("{}: needs tensors 'features' and 'labels' (amalgam embed writes them)", path);
   if (fx->shape.size() != 2 || fy->shape.size() != 1 || fy->shape[0] != fx->shape[0]) {
     fail("{}: 'features' must be (items, dims) and 'labels' (items)", path);
   }
@@ -196,9 +195,8 @@ void run_probe(const ProbeArgs& a) {
   if (train.d != test.d) {
     fail("{} has {} features, {} has {}", a.train, train.d, a.test, test.d);
   }
-  const int64_t classes =
-      1 + std::max(*std::max_element(train.y.begin(), train.y.end()),
-                   *std::max_element(test.y.begin(), test.y.end()));
+  const int64_t classes = 1 + std::max(*std::max_element(train.y.begin(), train.y.end()),
+                                       *std::max_element(test.y.begin(), test.y.end()));
   moe::LogisticOptions o;
   o.l2 = a.l2;
   o.bias = true;
@@ -215,15 +213,15 @@ void run_probe(const ProbeArgs& a) {
     ++confusion[test.y[i]][fit.model.predict(&test.x[i * test.d])];
   }
   std::printf("train accuracy %.4f (%lld items), eval accuracy %.4f (%lld items)\n",
-              moe::accuracy(fit.model, train.x, train.n, train.y),
-              static_cast<long long>(train.n), moe::accuracy(fit.model, test.x, test.n, test.y),
-              static_cast<long long>(test.n));
+              moe::accuracy(fit.model, train.x, train.n, train.y), static_cast<long long>(train.n),
+              moe::accuracy(fit.model, test.x, test.n, test.y), static_cast<long long>(test.n));
   std::printf("confusion (rows: label, columns: predicted)\n      ");
   for (int64_t c = 0; c < classes; ++c) std::printf("%6lld", static_cast<long long>(c));
   std::printf("\n");
   for (int64_t r = 0; r < classes; ++r) {
     std::printf("%6lld", static_cast<long long>(r));
-    for (int64_t c = 0; c < classes; ++c) std::printf("%6lld", static_cast<long long>(confusion[r][c]));
+    for (int64_t c = 0; c < classes; ++c)
+      std::printf("%6lld", static_cast<long long>(confusion[r][c]));
     std::printf("\n");
   }
 }

@@ -111,10 +111,11 @@ void run_score(const ScoreArgs& a) {
   }
   write_file_atomically(a.out, out);
   const size_t rest = all.size() - selected;
-  core::info("{}: {} tokens of {} texts; {} selected (keep {}), mean excess loss {:.3f} selected, "
-             "{:.3f} not",
-             a.out, all.size(), docs.size(), selected, a.keep, sum_sel / selected,
-             rest ? sum_rest / rest : 0.0);
+  core::info(
+      "{}: {} tokens of {} texts; {} selected (keep {}), mean excess loss {:.3f} selected, "
+      "{:.3f} not",
+      a.out, all.size(), docs.size(), selected, a.keep, sum_sel / selected,
+      rest ? sum_rest / rest : 0.0);
   std::vector<std::pair<int64_t, std::string>> common;
   for (const auto& [piece, n] : pieces) common.push_back({n, piece});
   std::sort(common.rbegin(), common.rend());
@@ -130,7 +131,8 @@ void run_score(const ScoreArgs& a) {
 void register_score(CLI::App& app) {
   auto args = std::make_shared<ScoreArgs>();
   auto* cmd = app.add_subcommand(
-      "score", "Rho-1 token scores: excess loss of MODEL over a reference model, top fraction selected");
+      "score",
+      "Rho-1 token scores: excess loss of MODEL over a reference model, top fraction selected");
   cmd->add_option("model", args->model, "Model directory (the model being trained)")->required();
   cmd->add_option("--reference", args->reference, "Reference model (trained on good data)")
       ->required();

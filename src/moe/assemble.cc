@@ -90,13 +90,13 @@ MoeAssembler::MoeAssembler(const MoeConfig& config, const AssembleOptions& optio
       for (const char* p : kProjections) {
         const std::string name = mlp_name(l, p);
         if (!ck->has(name)) fail("{}: missing tensor '{}'", ck->path().string(), name);
-        const tensor::Shape want = std::string(p) == "down_proj" ? tensor::Shape{D, I}
-                                                                 : tensor::Shape{I, D};
+        const tensor::Shape want =
+            std::string(p) == "down_proj" ? tensor::Shape{D, I} : tensor::Shape{I, D};
         const io::TensorInfo& info = ck->info(name);
         if (info.shape != want || !tensor::is_float_dtype(info.dtype)) {
-          fail("{}: tensor '{}' is {} {}, expected a float tensor of shape {}",
-               ck->path().string(), name, tensor::dtype_name(info.dtype),
-               tensor::shape_string(info.shape), tensor::shape_string(want));
+          fail("{}: tensor '{}' is {} {}, expected a float tensor of shape {}", ck->path().string(),
+               name, tensor::dtype_name(info.dtype), tensor::shape_string(info.shape),
+               tensor::shape_string(want));
         }
       }
     }
@@ -206,8 +206,7 @@ void MoeAssembler::write(const GateVectors& gates, merge::TensorSink& sink) cons
         const uint64_t gu = static_cast<uint64_t>(e) * 2 * I * D * elem;
         put(sink, r + 1, gu, gate.data(), gate.size(), dtype_);
         put(sink, r + 1, gu + static_cast<uint64_t>(I * D) * elem, up.data(), up.size(), dtype_);
-        put(sink, r + 2, static_cast<uint64_t>(e) * D * I * elem, down.data(), down.size(),
-            dtype_);
+        put(sink, r + 2, static_cast<uint64_t>(e) * D * I * elem, down.data(), down.size(), dtype_);
       } else {
         const size_t first = r + 1 + static_cast<size_t>(3 * e);
         put(sink, first, 0, gate.data(), gate.size(), dtype_);

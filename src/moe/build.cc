@@ -77,12 +77,14 @@ BuildReport build_moe(const MoeConfig& config, const fs::path& out, const BuildO
     report.condition_numbers = condition_numbers(gates);
     for (int64_t l = 0; l < L; ++l) {
       if (report.condition_numbers[l] > kConditionWarning) {
-        core::warn("layer {}: router matrix has condition number {:.1f} (> {}); the prompts may "
-                   "be too similar to tell the experts apart",
-                   l, report.condition_numbers[l], kConditionWarning);
+        core::warn(
+            "layer {}: router matrix has condition number {:.1f} (> {}); the prompts may "
+            "be too similar to tell the experts apart",
+            l, report.condition_numbers[l], kConditionWarning);
       }
     }
-  } else if (config.gate_mode == GateMode::kRandom || config.gate_mode == GateMode::kUniformRandom) {
+  } else if (config.gate_mode == GateMode::kRandom ||
+             config.gate_mode == GateMode::kUniformRandom) {
     gates = random_gates(L, E, D, config.gate_mode == GateMode::kUniformRandom, options.seed);
   }
   core::StagedDirectory staged(out, options.force);

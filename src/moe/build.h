@@ -24,8 +24,8 @@ struct BuildOptions {
 };
 
 struct BuildReport {
-  std::vector<double> condition_numbers;        // hidden / cheap_embed: per layer
-  std::vector<LayerCalibration> calibration;    // calibrated: per layer
+  std::vector<double> condition_numbers;      // hidden / cheap_embed: per layer
+  std::vector<LayerCalibration> calibration;  // calibrated: per layer
   uint64_t weight_bytes = 0;
 };
 

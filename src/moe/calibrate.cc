@@ -28,7 +28,8 @@ std::string item_text(const nlohmann::json& item, const std::string& where) {
     if (item.contains("text") && item["text"].is_string()) return item["text"].get<std::string>();
     if (item.contains("prompt") && item["prompt"].is_string()) {
       std::string s = item["prompt"].get<std::string>();
-      if (item.contains("answer") && item["answer"].is_string()) s += item["answer"].get<std::string>();
+      if (item.contains("answer") && item["answer"].is_string())
+        s += item["answer"].get<std::string>();
       return s;
     }
   }
@@ -233,8 +234,8 @@ std::vector<LayerCalibration> calibrate_routers(const io::ModelConfig& moe_confi
   for (int64_t e = 0; e < E; ++e) {
     const std::vector<std::string> texts = calibration_texts(config.experts[e]);
     for (size_t i = 0; i < texts.size(); ++i) {
-      const bool heldout = every > 0 && texts.size() >= 2 &&
-                           static_cast<int64_t>(i % every) == every - 1;
+      const bool heldout =
+          every > 0 && texts.size() >= 2 && static_cast<int64_t>(i % every) == every - 1;
       samples.push_back({static_cast<int32_t>(e), heldout, prompt_tokens(tokenizer, texts[i])});
     }
   }

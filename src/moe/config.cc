@@ -77,12 +77,12 @@ GateMode parse_gate_mode(const YamlReader& r, const YAML::Node& node) {
   if (s == "random") return GateMode::kRandom;
   if (s == "uniform_random") return GateMode::kUniformRandom;
   if (s == "calibrated") return GateMode::kCalibrated;
-  fail_at(r.where(), YamlReader::location(node),
-          "gate_mode '{}' is not one of hidden, cheap_embed, random, uniform_random, "
-          "calibrated{}",
-          s,
-          recipe::did_you_mean(
-              s, {"hidden", "cheap_embed", "random", "uniform_random", "calibrated"}));
+  fail_at(
+      r.where(), YamlReader::location(node),
+      "gate_mode '{}' is not one of hidden, cheap_embed, random, uniform_random, "
+      "calibrated{}",
+      s,
+      recipe::did_you_mean(s, {"hidden", "cheap_embed", "random", "uniform_random", "calibrated"}));
 }
 
 }  // namespace

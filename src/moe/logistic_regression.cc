@@ -37,8 +37,8 @@ class Objective {
       z.row(i).array() = (z.row(i).array() - zmax).exp();
       const double total = z.row(i).sum();
       loss -= std::log(z(i, labels_[i]) / total);
-      z.row(i) /= total;                // probabilities
-      z(i, labels_[i]) -= 1.0;          // d loss_i / d z_i
+      z.row(i) /= total;        // probabilities
+      z(i, labels_[i]) -= 1.0;  // d loss_i / d z_i
     }
     const double inv_n = 1.0 / static_cast<double>(n);
     grad.resize(size());
@@ -80,9 +80,9 @@ LogisticFit fit_logistic(std::span<const float> x, int64_t n, int64_t features,
                          const LogisticOptions& options) {
   AMALGAM_CHECK(n > 0 && features > 0, "logistic regression: no training rows");
   AMALGAM_CHECK(classes >= 2, "logistic regression: needs at least 2 classes, got {}", classes);
-  AMALGAM_CHECK(static_cast<int64_t>(x.size()) == n * features &&
-                    static_cast<int64_t>(labels.size()) == n,
-                "logistic regression: {} rows of {} features do not match the data", n, features);
+  AMALGAM_CHECK(
+      static_cast<int64_t>(x.size()) == n * features && static_cast<int64_t>(labels.size()) == n,
+      "logistic regression: {} rows of {} features do not match the data", n, features);
   AMALGAM_CHECK(options.l2 >= 0, "logistic regression: l2 must not be negative");
   for (int64_t i = 0; i < n; ++i) {
     AMALGAM_CHECK(labels[i] >= 0 && labels[i] < classes,

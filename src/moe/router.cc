@@ -82,7 +82,8 @@ GateVectors hidden_gates(const infer::Model& base, const tokenizer::Tokenizer& t
                 D = base.hidden_size();
   GateVectors gates(L, E, D);
   uint64_t total = 0;
-  for (const ExpertConfig& e : experts) total += e.positive_prompts.size() + e.negative_prompts.size();
+  for (const ExpertConfig& e : experts)
+    total += e.positive_prompts.size() + e.negative_prompts.size();
   core::ProgressBar progress("router prompts", total, "prompts");
   for (int64_t e = 0; e < E; ++e) {
     std::vector<double> v =
