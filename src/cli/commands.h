@@ -21,5 +21,9 @@ void register_extract_lora(CLI::App& app);
 void register_align(CLI::App& app);
 void register_pleas(CLI::App& app);
 void register_export_gguf(CLI::App& app);
+void register_moe(CLI::App& app);
+void register_score(CLI::App& app);
+void register_embed(CLI::App& app);  // src/cli/probe.cc
+void register_probe(CLI::App& app);  // src/cli/probe.cc
 
 }  // namespace amalgam::cli

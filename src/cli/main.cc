@@ -41,6 +41,10 @@ int main(int argc, char** argv) {
   amalgam::cli::register_soup(app);
   amalgam::cli::register_evolve(app);
   amalgam::cli::register_methods(app);
+  amalgam::cli::register_moe(app);
+  amalgam::cli::register_score(app);
+  amalgam::cli::register_embed(app);
+  amalgam::cli::register_probe(app);
 
   amalgam::cli::register_generate(app);
   amalgam::cli::register_logits(app);

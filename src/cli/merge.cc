@@ -1,11 +1,14 @@
 // amalgam merge RECIPE.yaml -o OUT (or mergekit's positional form: amalgam merge RECIPE OUT):
 // a mergekit recipe, validated against headers before any weight is read, streamed into a new
 // model directory.
+#include <cstdio>
+
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "merge/executor.h"
+#include "recipe/layer_swap.h"
 #include "recipe/recipe.h"
 #include "recipe/stages.h"
 
@@ -24,6 +27,7 @@ struct MergeArgs {
   std::string final_stage;
   std::string intermediate_dir;
   bool keep_intermediates = false;
+  bool print_expanded = false;
 };
 
 // Each stage is written like a single recipe's output; intermediates are ours to replace.
@@ -50,6 +54,17 @@ void run_stages(const MergeArgs& args, const std::string& text) {
 }
 
 void run_merge(MergeArgs args) {
+  if (args.print_expanded) {
+    const std::string text = core::read_text_file(args.recipe);
+    if (!recipe::is_layer_swap(text)) {
+      fail(
+          "{}: --print-expanded shows what a layer_swap recipe expands to; this recipe has no "
+          "layer_swap key",
+          args.recipe);
+    }
+    std::fputs(recipe::expand_layer_swap(text, args.recipe).c_str(), stdout);
+    return;
+  }
   if (!args.out_positional.empty()) {
     if (!args.out.empty() && args.out != args.out_positional) {
       fail("two output directories given ('{}' and -o '{}'); give one", args.out_positional,
@@ -85,6 +100,8 @@ void register_merge(CLI::App& app) {
                   "Multi-stage recipe: directory for intermediate stages (default: OUT.stages)");
   cmd->add_flag("--keep-intermediates", args->keep_intermediates,
                 "Multi-stage recipe: keep the intermediate stages (re-runs skip unchanged ones)");
+  cmd->add_flag("--print-expanded", args->print_expanded,
+                "layer_swap recipe: print the slices recipe it expands to, and stop");
   add_output_options(*cmd, args->output);
   add_gguf_options(*cmd, args->output);
   cmd->callback([args] { run_merge(*args); });

@@ -242,7 +242,13 @@ void Model::feed_forward_moe(const LayerWeights& lw, const float* h, int64_t n, 
   std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(E));
   std::vector<float> prob(static_cast<size_t>(E));
   std::vector<int64_t> order(static_cast<size_t>(E));
+  AMALGAM_CHECK(options.force_expert < E, "force_expert {} but the model has {} experts",
+                options.force_expert, E);
   for (int64_t t = 0; t < n; ++t) {
+    if (options.force_expert >= 0) {
+      routed[options.force_expert].push_back({t, 1.0f});
+      continue;
+    }
     const float* z = &logits[t * E];
     const float zmax = *std::max_element(z, z + E);
     float total = 0.0f;

@@ -37,6 +37,9 @@ struct ForwardOptions {
   StageTimes* profile = nullptr;
   // Tokens per micro-batch; long batches are evaluated in slices of this many tokens.
   int64_t micro_batch = 512;
+  // MoE models, for tests and debugging: >= 0 sends every token to this expert with weight 1,
+  // whatever the router says (a MoE built from dense experts then computes that expert).
+  int64_t force_expert = -1;
 };
 
 struct ForwardResult {

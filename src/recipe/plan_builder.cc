@@ -6,6 +6,7 @@
 #include "core/fs.h"
 #include "core/log.h"
 #include "merge/method.h"
+#include "recipe/layer_swap.h"
 #include "recipe/model_set.h"
 #include "recipe/params.h"
 #include "recipe/recipe.h"
@@ -358,6 +359,10 @@ merge::Plan plan_from_recipe(const Recipe& recipe, const PlanOptions& options) {
 
 merge::Plan plan_from_yaml(const std::string& yaml_text, const std::string& where,
                            const PlanOptions& options) {
+  if (is_layer_swap(yaml_text)) {
+    return plan_from_recipe(
+        parse_recipe(expand_layer_swap(yaml_text, where, options.base_dir), where), options);
+  }
   return plan_from_recipe(parse_recipe(yaml_text, where), options);
 }
 

@@ -1,0 +1,225 @@
+#include "moe/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <set>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "recipe/diagnostics.h"
+#include "recipe/yaml_reader.h"
+
+namespace amalgam::moe {
+
+namespace {
+
+using recipe::fail_at;
+using recipe::YamlReader;
+
+double number(const YamlReader& r, const YAML::Node& node, const std::string& path) {
+  if (node.IsScalar()) {
+    const std::string& s = node.Scalar();
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(v)) return v;
+  }
+  fail_at(r.where(), YamlReader::location(node), "{} must be a number", path);
+}
+
+std::vector<std::string> strings(const YamlReader& r, const YAML::Node& node,
+                                 const std::string& path) {
+  std::vector<std::string> out;
+  if (node.IsNull()) return out;
+  const auto items = r.sequence(node, path, "a list of prompts");
+  for (size_t i = 0; i < items.size(); ++i) {
+    out.push_back(r.string(items[i], fmt::format("{}[{}]", path, i)));
+  }
+  return out;
+}
+
+ExpertConfig parse_expert(const YamlReader& r, const YAML::Node& node, const std::string& path) {
+  ExpertConfig e;
+  const auto entries = r.entries(node, path);
+  r.check_keys(entries,
+               {"source_model", "positive_prompts", "negative_prompts", "noise_scale",
+                "residual_scale", "calibration_data"},
+               path);
+  bool has_source = false;
+  for (const auto& [key, value, at] : entries) {
+    const std::string p = path + "." + key;
+    if (key == "source_model") {
+      e.source_model = r.string(value, p);
+      has_source = true;
+    } else if (key == "positive_prompts") {
+      e.positive_prompts = strings(r, value, p);
+    } else if (key == "negative_prompts") {
+      e.negative_prompts = strings(r, value, p);
+    } else if (key == "noise_scale") {
+      e.noise_scale = number(r, value, p);
+      if (*e.noise_scale < 0) fail_at(r.where(), at, "{} must not be negative", p);
+    } else if (key == "residual_scale") {
+      e.residual_scale = number(r, value, p);
+    } else if (key == "calibration_data") {
+      e.calibration_data = r.string(value, p);
+    }
+  }
+  if (!has_source || e.source_model.empty()) {
+    fail_at(r.where(), YamlReader::location(node), "{} needs a source_model", path);
+  }
+  return e;
+}
+
+GateMode parse_gate_mode(const YamlReader& r, const YAML::Node& node) {
+  const std::string s = r.string(node, "gate_mode");
+  if (s == "hidden") return GateMode::kHidden;
+  if (s == "cheap_embed") return GateMode::kCheapEmbed;
+  if (s == "random") return GateMode::kRandom;
+  if (s == "uniform_random") return GateMode::kUniformRandom;
+  if (s == "calibrated") return GateMode::kCalibrated;
+  fail_at(
+      r.where(), YamlReader::location(node),
+      "gate_mode '{}' is not one of hidden, cheap_embed, random, uniform_random, "
+      "calibrated{}",
+      s,
+      recipe::did_you_mean(s, {"hidden", "cheap_embed", "random", "uniform_random", "calibrated"}));
+}
+
+}  // namespace
+
+std::string_view gate_mode_name(GateMode mode) {
+  switch (mode) {
+    case GateMode::kHidden:
+      return "hidden";
+    case GateMode::kCheapEmbed:
+      return "cheap_embed";
+    case GateMode::kRandom:
+      return "random";
+    case GateMode::kUniformRandom:
+      return "uniform_random";
+    case GateMode::kCalibrated:
+      return "calibrated";
+  }
+  return "?";
+}
+
+MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    fail("{}:{}:{}: not valid YAML: {}", where, e.mark.line + 1, e.mark.column + 1, e.msg);
+  }
+  YamlReader r(where);
+  MoeConfig c;
+  c.where = where;
+  const auto entries = r.entries(root, "the MoE config");
+  r.check_keys(entries,
+               {"base_model", "architecture", "gate_mode", "dtype", "experts_per_token", "experts",
+                "shared_experts", "calibration"},
+               "the MoE config");
+  bool has_base = false;
+  for (const auto& [key, value, at] : entries) {
+    if (key == "base_model") {
+      c.base_model = r.string(value, key);
+      has_base = true;
+    } else if (key == "architecture") {
+      c.architecture = value.IsNull() ? "" : r.string(value, key);
+    } else if (key == "gate_mode") {
+      c.gate_mode = parse_gate_mode(r, value);
+    } else if (key == "dtype") {
+      c.dtype = value.IsNull() ? "" : r.string(value, key);
+    } else if (key == "experts_per_token") {
+      c.experts_per_token = r.integer(value, key);
+    } else if (key == "experts" || key == "shared_experts") {
+      if (value.IsNull()) continue;
+      const auto items = r.sequence(value, key, "a list of experts");
+      auto& list = key == "experts" ? c.experts : c.shared_experts;
+      for (size_t i = 0; i < items.size(); ++i) {
+        list.push_back(parse_expert(r, items[i], fmt::format("{}[{}]", key, i)));
+      }
+    } else if (key == "calibration") {
+      const auto cal = r.entries(value, key);
+      r.check_keys(cal, {"l2", "holdout", "max_iterations", "bos"}, key);
+      for (const auto& [k, v, a] : cal) {
+        const std::string p = key + "." + k;
+        if (k == "l2") {
+          c.calibration.l2 = number(r, v, p);
+          if (c.calibration.l2 < 0) fail_at(where, a, "{} must not be negative", p);
+        } else if (k == "holdout") {
+          c.calibration.holdout = number(r, v, p);
+          if (c.calibration.holdout < 0 || c.calibration.holdout >= 1) {
+            fail_at(where, a, "{} must be in [0, 1)", p);
+          }
+        } else if (k == "bos") {
+          const std::string b = r.string(v, p);
+          if (b != "auto" && b != "none") fail_at(where, a, "{} must be auto or none", p);
+          c.calibration.bos_auto = b == "auto";
+        } else if (k == "max_iterations") {
+          c.calibration.max_iterations = r.integer(v, p);
+          if (c.calibration.max_iterations < 1) fail_at(where, a, "{} must be positive", p);
+        }
+      }
+    }
+  }
+  if (!has_base || c.base_model.empty()) fail("{}: base_model is required", where);
+  return c;
+}
+
+MoeConfig read_moe_config(const std::string& path) {
+  return parse_moe_config(core::read_text_file(path), path);
+}
+
+void validate(const MoeConfig& c, bool allow_same_model) {
+  const std::string& w = c.where;
+  if (c.experts.empty()) fail("{}: no experts: list at least one under 'experts'", w);
+  if (c.experts_per_token < 1) {
+    fail("{}: experts_per_token must be at least 1, got {}", w, c.experts_per_token);
+  }
+  if (static_cast<int64_t>(c.experts.size()) < c.experts_per_token) {
+    fail("{}: experts_per_token is {} but only {} experts are listed", w, c.experts_per_token,
+         c.experts.size());
+  }
+  if (!c.architecture.empty() && c.architecture != "mixtral") {
+    fail("{}: architecture '{}': amalgam writes Mixtral MoEs only (architecture: mixtral)", w,
+         c.architecture);
+  }
+  if (!c.shared_experts.empty()) {
+    fail("{}: shared_experts need the Qwen2-MoE output, which amalgam does not write yet", w);
+  }
+  // mergekit exempts only `random`; calibrated may take its text from calibration_data instead.
+  if (c.gate_mode != GateMode::kRandom) {
+    for (size_t i = 0; i < c.experts.size(); ++i) {
+      const ExpertConfig& e = c.experts[i];
+      const bool calibrated_file =
+          c.gate_mode == GateMode::kCalibrated && !e.calibration_data.empty();
+      if (e.positive_prompts.empty() && !calibrated_file) {
+        fail("{}: experts[{}] ({}) has no positive_prompts; gate_mode {} needs them", w, i,
+             e.source_model, gate_mode_name(c.gate_mode));
+      }
+    }
+  }
+  if (c.experts.size() > 1 && c.gate_mode != GateMode::kRandom &&
+      c.gate_mode != GateMode::kCalibrated) {
+    bool all_same = true;
+    for (const ExpertConfig& e : c.experts) {
+      all_same = all_same && e.positive_prompts == c.experts[0].positive_prompts &&
+                 e.negative_prompts == c.experts[0].negative_prompts;
+    }
+    if (all_same) {
+      fail("{}: every expert has the same prompts; the router could not tell them apart", w);
+    }
+  }
+  if (c.experts.size() > 1 && !allow_same_model) {
+    std::set<std::string> models;
+    for (const ExpertConfig& e : c.experts) models.insert(e.source_model);
+    if (models.size() == 1) {
+      fail(
+          "{}: every expert is the same model ({}); this is not useful without training "
+          "(pass --i-understand-this-is-not-useful-without-training to build it anyway)",
+          w, c.experts[0].source_model);
+    }
+  }
+}
+
+}  // namespace amalgam::moe
