@@ -126,10 +126,12 @@ TEST(Signals, EngineCommandsStopWithStatus130) {
   TempDir dir;
   for (const std::string command :
        {"perplexity " + q(zoo("base-large")) + " --file " + q(zoo("eval/heldout.txt")) + " -t 1",
-        "eval " + q(zoo("base-large")) + " --task " + q(zoo("eval/add.json")) + " -j 1 --json " +
-            q(dir / "out.json")}) {
+        // About 2.5 s of work on an idle machine: every task, one prompt per forward pass.
+        "eval " + q(zoo("base-large")) + " --task " + q(zoo("eval/add.json")) + " --task " +
+            q(zoo("eval/rev.json")) + " --task " + q(zoo("eval/sort.json")) + " --task " +
+            q(zoo("eval/heldout.txt")) + " -j 1 --one-by-one --json " + q(dir / "out.json")}) {
     auto r = testing::run_amalgam_with_prefix(
-        "", command + " 2>&1 & pid=$!; sleep 0.5; kill -TERM $pid; wait $pid; echo status=$?");
+        "", command + " 2>&1 & pid=$!; sleep 0.3; kill -TERM $pid; wait $pid; echo status=$?");
     EXPECT_NE(r.output.find("status=130"), std::string::npos) << command << "\n" << r.output;
     EXPECT_NE(r.output.find("interrupted"), std::string::npos) << r.output;
     EXPECT_FALSE(fs::exists(dir / "out.json"));
