@@ -1,5 +1,7 @@
 #include "infer/kernels.h"
 
+#include <cpuid.h>
+
 #include <cstring>
 
 #include "core/error.h"
@@ -50,8 +52,10 @@ void to_f32_scalar(tensor::DType dtype, const uint8_t* src, float* dst, int64_t 
 }
 
 bool cpu_has_avx2() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 directly: clang's __builtin_cpu_supports does not know "f16c".
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
 bool cpu_has_avx512() {
