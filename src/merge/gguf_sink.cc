@@ -64,8 +64,9 @@ void GgufSink::convert(size_t index) {
   const tensor::TensorView view{spec.dtype, spec.shape, p.bytes.data()};
   for (const auto& [t, piece] : p.pieces) {
     const gguf::PlannedTensor& pt = plan_.tensors[t];
+    const auto slot = writer_index_[t];  // C++20 lambdas cannot capture structured bindings
     gguf::convert_piece(pt, pt.pieces[piece], view, [&](uint64_t off, const uint8_t* b, size_t n) {
-      writer_->write(writer_index_[t], off, b, n);
+      writer_->write(slot, off, b, n);
     });
   }
   std::vector<uint8_t>().swap(p.bytes);  // the tensor is in the file: free its buffer
