@@ -204,6 +204,10 @@ std::vector<Case> cases() {
   c.push_back({"config_string_count",
                config([](ordered_json& j) { j["hidden_size"] = "128"; }), "inspect {D}/M",
                "'hidden_size' must be a number", ""});
+  // Found by fuzzing (config_fuzz, UBSan): a float count too large for an integer.
+  c.push_back({"config_count_not_integer",
+               config([](ordered_json& j) { j["hidden_size"] = 1e30; }), "inspect {D}/M",
+               "'hidden_size' must be an integer", ""});
   c.push_back({"config_missing",
                [](const fs::path& dir) { fs::remove(model(dir) / "config.json"); },
                "generate {D}/M -p hi", "missing config.json", ""});
@@ -278,6 +282,9 @@ std::vector<Case> cases() {
                       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c]\n"
                       "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nmerge_method: linear\n"),
                "merge {D}/r.yaml -o {D}/out", "r.yaml", "out"});
+  // Found by fuzzing (recipe_fuzz): yaml-cpp 0.7 never returns on this, allocating until killed.
+  c.push_back({"recipe_hangs_the_yaml_reader", recipe("{a: 1}\n  , b: c\n"),
+               "merge {D}/r.yaml -o {D}/out", "r.yaml:2: a line cannot start with ','", "out"});
   c.push_back({"recipe_weight_out_of_range",
                recipe("merge_method: ties\nbase_model: {Z}/base\nmodels:\n  - model: "
                       "{Z}/add-expert\n    parameters: {weight: 1, density: 2.5}\n"),

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/fs.h"
+#include "core/yaml_guard.h"
 #include "merge/method.h"
 #include "recipe/diagnostics.h"
 
@@ -139,6 +140,7 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
   const Reader r(where);
   YAML::Node root;
   try {
+    core::check_yaml_text(yaml_text, where);
     root = YAML::Load(yaml_text);
   } catch (const YAML::Exception& e) {
     fail_at(where, {e.mark.line + 1, e.mark.column + 1}, "invalid YAML: {}", e.msg);

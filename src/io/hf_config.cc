@@ -13,11 +13,22 @@ using nlohmann::ordered_json;
 
 namespace {
 
+// A JSON number as an integer: 128 or 128.0, but not 1e30 or 0.5 (converting those is undefined
+// behaviour, and no count is fractional).
+int64_t integer(const ordered_json& v, const char* key) {
+  if (v.is_number_integer()) return v.get<int64_t>();
+  const double d = v.get<double>();
+  if (!(d >= -9.0e15 && d <= 9.0e15) || d != static_cast<double>(static_cast<int64_t>(d))) {
+    fail("config key '{}' must be an integer, got {}", key, v.dump());
+  }
+  return static_cast<int64_t>(d);
+}
+
 int64_t get_int(const ordered_json& j, const char* key, int64_t fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number()) fail("config key '{}' must be a number", key);
-  return it->get<int64_t>();
+  return integer(*it, key);
 }
 
 double get_double(const ordered_json& j, const char* key, double fallback) {
@@ -87,21 +98,21 @@ ModelConfig parse_model_config(const ordered_json& j, const std::string& where) 
     // Mistral/Qwen2 configs carry sliding_window even when unused; Qwen2 gates it.
     if (j.contains("sliding_window") && j["sliding_window"].is_number()) {
       bool enabled = !(c.model_type == "qwen2") || j.value("use_sliding_window", false);
-      if (enabled) c.sliding_window = j["sliding_window"].get<int64_t>();
+      if (enabled) c.sliding_window = integer(j["sliding_window"], "sliding_window");
     }
     c.num_experts = get_int(j, "num_local_experts", 0);
     c.experts_per_token = get_int(j, "num_experts_per_tok", 0);
     if (j.contains("dtype") && j["dtype"].is_string()) c.dtype = j["dtype"];
     else if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.dtype = j["torch_dtype"];
     if (j.contains("bos_token_id") && j["bos_token_id"].is_number()) {
-      c.bos_token_id = j["bos_token_id"].get<int64_t>();
+      c.bos_token_id = integer(j["bos_token_id"], "bos_token_id");
     }
     if (j.contains("eos_token_id")) {
       const auto& e = j["eos_token_id"];
-      if (e.is_number()) c.eos_token_ids.push_back(e.get<int64_t>());
+      if (e.is_number()) c.eos_token_ids.push_back(integer(e, "eos_token_id"));
       if (e.is_array()) {
         for (const auto& v : e) {
-          if (v.is_number()) c.eos_token_ids.push_back(v.get<int64_t>());
+          if (v.is_number()) c.eos_token_ids.push_back(integer(v, "eos_token_id"));
         }
       }
     }

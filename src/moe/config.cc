@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/yaml_guard.h"
 #include "core/fs.h"
 #include "recipe/diagnostics.h"
 #include "recipe/yaml_reader.h"
@@ -106,6 +107,7 @@ std::string_view gate_mode_name(GateMode mode) {
 MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
   YAML::Node root;
   try {
+    core::check_yaml_text(text, where);
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     fail("{}:{}:{}: not valid YAML: {}", where, e.mark.line + 1, e.mark.column + 1, e.msg);

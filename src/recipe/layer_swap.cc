@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/yaml_guard.h"
 #include "io/hf_config.h"
 #include "recipe/diagnostics.h"
 #include "recipe/yaml_reader.h"
@@ -43,6 +44,12 @@ struct Zone {
 
 bool is_layer_swap(const std::string& yaml_text) {
   try {
+    // Text that would hang the YAML reader: not this form (the recipe parser reports it).
+    try {
+      core::check_yaml_text(yaml_text, "recipe");
+    } catch (const Error&) {
+      return false;
+    }
     const YAML::Node root = YAML::Load(yaml_text);
     return root.IsMap() && root["layer_swap"];
   } catch (const YAML::Exception&) {

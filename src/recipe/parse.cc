@@ -1,5 +1,6 @@
 // YAML recipe text -> Recipe: mergekit's MergeConfiguration schema, checked key by key.
 #include "core/log.h"
+#include "core/yaml_guard.h"
 #include "recipe/schema.h"
 #include "recipe/yaml_reader.h"
 
@@ -362,6 +363,7 @@ bool is_document_start(std::string_view line) {
 std::vector<Document> load_documents(const std::string& yaml_text, const std::string& where) {
   std::vector<YAML::Node> nodes;
   try {
+    core::check_yaml_text(yaml_text, where);
     nodes = YAML::LoadAll(yaml_text);
   } catch (const YAML::Exception& e) {
     // In double quotes a backslash starts an escape, which Windows paths trip over.
