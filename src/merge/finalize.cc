@@ -175,13 +175,23 @@ void write_model_files(const Plan& plan, const fs::path& dir,
   if (write_card) core::write_text_file(dir / "README.md", model_card(plan, dir, digests));
 }
 
+namespace {
+
+// The output's config.json (the donor's, edited as write_model_files writes it).
+io::ModelConfig output_config(const Plan& plan) {
+  const fs::path config = model_directory(plan.models.at(plan.donor)) / "config.json";
+  if (!fs::exists(config)) fail("{}: no config.json; a GGUF output needs one", config.string());
+  const std::string text = output_config_json(plan, core::read_text_file(config), config.string());
+  return io::parse_model_config(nlohmann::ordered_json::parse(text), config.string());
+}
+
+}  // namespace
+
 void validate_output_config(const Plan& plan, const fs::path& out) {
   AMALGAM_CHECK(plan.donor < plan.models.size(), "internal: bad donor index");
   const fs::path config = model_directory(plan.models[plan.donor]) / "config.json";
   if (!fs::exists(config)) return;
-  const std::string text = output_config_json(plan, core::read_text_file(config), config.string());
-  const io::ModelConfig written =
-      io::parse_model_config(nlohmann::ordered_json::parse(text), config.string());
+  const io::ModelConfig written = output_config(plan);
   io::TensorShapes shapes;
   std::map<std::string, const tensor::Shape*> by_name;
   for (const auto& e : plan.entries) {
@@ -209,14 +219,6 @@ void write_built_tokenizer(const BuiltTokenizer& built, const fs::path& dir) {
   if (built.tokenizer_config_json) {
     core::write_text_file(dir / "tokenizer_config.json", *built.tokenizer_config_json);
   }
-}
-
-// The output's config.json (the donor's, edited as write_model_files writes it).
-io::ModelConfig output_config(const Plan& plan) {
-  const fs::path config = model_directory(plan.models.at(plan.donor)) / "config.json";
-  if (!fs::exists(config)) fail("{}: no config.json; a GGUF output needs one", config.string());
-  const std::string text = output_config_json(plan, core::read_text_file(config), config.string());
-  return io::parse_model_config(nlohmann::ordered_json::parse(text), config.string());
 }
 
 OutputSummary write_gguf_only(const Plan& plan, InputSet& inputs, const OutputOptions& options) {
