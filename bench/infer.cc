@@ -2,9 +2,13 @@
 // 22 layers, 32 heads, 4 kv heads, intermediate 5632, vocab 32000), in F32 and BF16:
 // prefill (one batch of 512 tokens, logits of the last) and decode (128 tokens one by one) in
 // tokens/s, next to the memory-bandwidth bound of decoding (weight bytes per token divided by
-// the measured read bandwidth). The checkpoints are generated once into bench/.cache.
+// the measured read bandwidth). The checkpoints are generated once into bench/.cache. `--model`
+// runs given checkpoints or GGUF files instead (e.g. amalgam's GGUF exports of the same
+// checkpoint, which bench/vs_llama_cpp.sh also gives llama.cpp). `--bf16-products` adds, for every
+// model with BF16 or quantised weights, a run with BF16 products (infer/gemm.h), side by side.
 //
-//   bench_infer [--threads 2] [--dtype f32|bf16|all] [--prefill 512] [--decode 128] [--in-memory]
+//   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--bf16-products]
+//               [--prefill 512] [--decode 128] [--in-memory]
 
 // GCC 12 reports its own intrinsic headers' "undefined register" idiom as uninitialised use.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -25,6 +29,7 @@
 #include <vector>
 
 #include "core/fs.h"
+#include "infer/gemm.h"
 #include "infer/matmul.h"
 #include "infer/model.h"
 #include "io/safetensors_writer.h"
@@ -159,7 +164,8 @@ struct Result {
 };
 
 Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens,
-           int64_t decode_tokens, bool in_memory) {
+           int64_t decode_tokens, bool in_memory, bool bf16_compute) {
+  infer::set_bf16_compute(bf16_compute);
   infer::LoadOptions lo;
   lo.in_memory = in_memory;
   auto model = infer::load_model(dir, lo);
@@ -226,24 +232,47 @@ int main(int argc, char** argv) {
   app.add_option("--cache", cache, "Directory of the generated checkpoints");
   bool in_memory = false;
   app.add_flag("--in-memory", in_memory, "Copy the weights into huge-page memory (no mmap)");
+  std::vector<std::string> models;
+  app.add_option("--model", models, "Checkpoint directory or .gguf file to run (repeatable)");
+  bool bf16_products = false;
+  app.add_flag("--bf16-products", bf16_products,
+               "Also run BF16 and quantised models with BF16 products (where the CPU has them)");
   CLI11_PARSE(app, argc, argv);
   infer::set_num_threads(threads);
-  fs::create_directories(cache);
-  std::vector<std::pair<std::string, tensor::DType>> runs;
-  if (dtypes != "bf16") runs.push_back({"F32", tensor::DType::kF32});
-  if (dtypes != "f32") runs.push_back({"BF16", tensor::DType::kBF16});
-  for (const auto& [label, dtype] : runs) {
-    write_checkpoint(fs::path(cache) / ("tinyllama-" + std::string(tensor::dtype_name(dtype))),
-                     dtype);
+  struct Run {
+    std::string label;
+    fs::path path;
+    bool bf16_compute;
+  };
+  std::vector<Run> runs;
+  auto add_run = [&](const std::string& label, const fs::path& path, bool native_possible) {
+    runs.push_back({label, path, false});
+    if (bf16_products && native_possible && infer::cpu_has_native_bf16()) {
+      runs.push_back({label + " (bf16 products)", path, true});
+    }
+  };
+  if (models.empty()) {
+    fs::create_directories(cache);
+    for (auto dtype : {tensor::DType::kF32, tensor::DType::kBF16}) {
+      const bool f32 = dtype == tensor::DType::kF32;
+      if ((f32 && dtypes == "bf16") || (!f32 && dtypes == "f32")) continue;
+      const fs::path dir =
+          fs::path(cache) / ("tinyllama-" + std::string(tensor::dtype_name(dtype)));
+      write_checkpoint(dir, dtype);
+      add_run(f32 ? "F32" : "BF16", dir, !f32);
+    }
+  } else {
+    for (const auto& m : models) {
+      add_run(fs::path(m).filename().string(), m, true);
+    }
   }
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
   const double before = huge_page_bandwidth(threads);
   fmt::print(stderr, "read bandwidth {:.1f} GB/s, load average {:.2f}\n", before, load[0]);
   std::vector<Result> results;
-  for (const auto& [label, dtype] : runs) {
-    results.push_back(run(fs::path(cache) / ("tinyllama-" + std::string(tensor::dtype_name(dtype))),
-                          label, prefill, decode, in_memory));
+  for (const Run& r : runs) {
+    results.push_back(run(r.path, r.label, prefill, decode, in_memory, r.bf16_compute));
   }
   const double after = huge_page_bandwidth(threads);
   double load_after[3] = {0, 0, 0};

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages amalgam builds with. Idempotent.
 set -euo pipefail
 pkgs=(build-essential cmake g++ nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libeigen3-dev libssl-dev
+      libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libdnnl-dev libeigen3-dev libssl-dev
       libicu-dev libopenmpi-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

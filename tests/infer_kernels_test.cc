@@ -1,12 +1,17 @@
-// SIMD kernels against their scalar twins, and both matmul paths (gemv, blocked sgemm) against
+// SIMD kernels against their scalar twins, and both matmul paths (gemv, blocked oneDNN) against
 // a plain fp64 product.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
+#include "gguf/format.h"
+#include "gguf/quant.h"
+#include "infer/gemm.h"
 #include "infer/kernels.h"
 #include "infer/matmul.h"
 #include "infer/ops.h"
@@ -107,34 +112,91 @@ TEST(Kernels, ToF32MatchesScalarTwinExactly) {
   }
 }
 
-// matmul over the gemv path (n <= kGemvMaxRows) and the blocked sgemm path (more rows), with 1
-// and 2 threads, against an fp64 product. Tolerance 1e-5 relative to the sum of |products|.
+// matmul over the gemv path (n <= kGemvMaxRows) and the blocked oneDNN path (more rows), with 1
+// and 2 threads, with and without BF16 products, against an fp64 product. Tolerance 1e-5
+// relative to the sum of |products|. BF16 products multiply x rounded to BF16 on both paths: the
+// reference rounds x the same way, so the test also proves the accumulation is fp32.
 TEST(Matmul, BothPathsMatchDoubleReference) {
-  const int64_t rows = 300, cols = 129;  // several sgemm blocks, the last one partial
-  for (int threads : {1, 2}) {
-    set_num_threads(threads);
-    for (DType dtype : kTypes) {
-      Weights w = random_weights(dtype, rows * cols, 5);
-      WeightMatrix m{dtype, w.bytes.data(), rows, cols};
-      for (int64_t n : {1, 3, 5, 8, 9, 33}) {
-        std::vector<float> x = random_vector(n * cols, 9);
-        std::vector<float> y(static_cast<size_t>(n * rows));
-        matmul(m, x.data(), n, y.data());
-        for (int64_t t = 0; t < n; ++t) {
-          for (int64_t r = 0; r < rows; ++r) {
-            double ref = 0.0, mag = 0.0;
-            for (int64_t c = 0; c < cols; ++c) {
-              ref += w.values[r * cols + c] * x[t * cols + c];
-              mag += std::abs(w.values[r * cols + c] * x[t * cols + c]);
+  const int64_t rows = 300, cols = 129;  // several product blocks, the last one partial
+  for (bool bf16 : {true, false}) {
+    set_bf16_compute(bf16);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (DType dtype : kTypes) {
+        Weights w = random_weights(dtype, rows * cols, 5);
+        WeightMatrix m{dtype, w.bytes.data(), rows, cols};
+        for (int64_t n : {1, 3, 5, 8, 9, 33}) {
+          std::vector<float> x = random_vector(n * cols, 9);
+          std::vector<float> y(static_cast<size_t>(n * rows));
+          matmul(m, x.data(), n, y.data());
+          const bool rounded_x = dtype == DType::kBF16 && bf16_compute_enabled();
+          for (int64_t t = 0; t < n; ++t) {
+            for (int64_t r = 0; r < rows; ++r) {
+              double ref = 0.0, mag = 0.0;
+              for (int64_t c = 0; c < cols; ++c) {
+                float xv = x[t * cols + c];
+                if (rounded_x) xv = core::bf16_to_f32(core::f32_to_bf16(xv));
+                ref += w.values[r * cols + c] * xv;
+                mag += std::abs(w.values[r * cols + c] * xv);
+              }
+              ASSERT_NEAR(y[t * rows + r], ref, 1e-5 * mag)
+                  << tensor::dtype_name(dtype) << " threads=" << threads << " n=" << n
+                  << " bf16=" << bf16;
             }
-            ASSERT_NEAR(y[t * rows + r], ref, 1e-5 * mag)
-                << tensor::dtype_name(dtype) << " threads=" << threads << " n=" << n;
           }
         }
       }
     }
   }
+  set_bf16_compute(false);
   set_num_threads(2);
+}
+
+// Matrices in GGUF block types, multiplied block by block on both paths, against an fp64 product
+// of their dequantised values (and, with BF16 products, of those values and x rounded to BF16,
+// which is what both paths then multiply).
+TEST(Matmul, QuantisedMatricesMatchTheirDequantisedValues) {
+  const int64_t rows = 272, cols = 512;  // K-quant rows are whole super-blocks of 256
+  using gguf::GgmlType;
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                        GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    const std::vector<float> src = random_vector(rows * cols, 11);
+    const uint64_t rb = gguf::row_bytes(type, cols);
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows * rb));
+    std::vector<float> values(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      gguf::quantize_row(type, src.data() + r * cols, cols, bytes.data() + r * rb);
+      gguf::dequantize_row(type, bytes.data() + r * rb, cols, values.data() + r * cols);
+    }
+    const WeightMatrix m = quantized_matrix({type, rows, cols, bytes.data()});
+    EXPECT_EQ(m.row_bytes(), rb);
+    std::vector<float> row(static_cast<size_t>(cols));
+    rows_to_f32(m, 7, 1, row.data());
+    EXPECT_EQ(0, std::memcmp(row.data(), values.data() + 7 * cols, cols * sizeof(float)));
+    for (bool bf16 : {true, false}) {
+      set_bf16_compute(bf16);
+      for (int64_t n : {1, 5, 9, 40}) {
+        std::vector<float> x = random_vector(n * cols, 13);
+        std::vector<float> y(static_cast<size_t>(n * rows));
+        matmul(m, x.data(), n, y.data());
+        const bool rounded = bf16_compute_enabled();
+        auto r16 = [&](float v) { return rounded ? core::bf16_to_f32(core::f32_to_bf16(v)) : v; };
+        for (int64_t t = 0; t < n; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t c = 0; c < cols; ++c) {
+              const double p = double{r16(values[r * cols + c])} * r16(x[t * cols + c]);
+              ref += p;
+              mag += std::abs(p);
+            }
+            ASSERT_NEAR(y[t * rows + r], ref, 1e-5 * mag)
+                << gguf::type_name(type) << " n=" << n << " bf16=" << bf16;
+          }
+        }
+      }
+    }
+    set_bf16_compute(false);
+  }
 }
 
 // Several products in one region give exactly the results of separate calls (each output row

@@ -63,6 +63,13 @@ std::string_view type_name(GgmlType t);
 // Bytes of `n` elements (n must be a multiple of the block size).
 uint64_t row_bytes(GgmlType t, int64_t n);
 
+// A matrix in a block-quantised type: `rows` rows of row_bytes(type, cols) bytes each.
+struct QuantizedMatrix {
+  GgmlType type;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+};
+
 // llama.cpp's general.file_type (LLAMA_FTYPE_*).
 enum class FileType : uint32_t {
   kAllF32 = 0,

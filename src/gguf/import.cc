@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
 #include <set>
 
 #include "arch/roles.h"
@@ -186,18 +187,27 @@ std::optional<std::string> tokenizer_json_from_gguf(const GgufFile& f) {
   return tok.dump();
 }
 
-ImportedModel import_gguf(const fs::path& path) {
-  GgufFile f(path);
+// What the views of an ImportedModel point into.
+struct ImportStorage {
+  std::shared_ptr<const GgufFile> file;
+  std::vector<std::vector<float>> floats;
+  std::vector<std::vector<uint8_t>> bytes;  // q/k rows put back in order, in the stored type
+};
+
+ImportedModel import_gguf(const fs::path& path, bool keep_stored_types) {
+  auto storage = std::make_shared<ImportStorage>();
+  storage->file = std::make_shared<const GgufFile>(path);
+  const GgufFile& f = *storage->file;
   const arch::ArchSpec& spec = spec_of(f);
   ImportedModel out;
   out.config = io::parse_model_config(config_from_gguf(f), path.string());
-  out.storage = std::make_shared<std::vector<std::vector<float>>>();
+  out.storage = storage;
   const io::ModelConfig& c = out.config;
   auto add = [&](const std::string& hf, tensor::Shape shape, std::vector<float> data) {
-    out.storage->push_back(std::move(data));
+    storage->floats.push_back(std::move(data));
     out.views.emplace(
         hf, tensor::TensorView{tensor::DType::kF32, std::move(shape),
-                               reinterpret_cast<const uint8_t*>(out.storage->back().data())});
+                               reinterpret_cast<const uint8_t*>(storage->floats.back().data())});
   };
   // Dequantises rows [row0, row0 + rows) of a GGUF tensor, undoing the q/k permutation.
   auto rows_of = [&](const TensorInfo& t, int64_t row0, int64_t rows, int64_t heads) {
@@ -211,6 +221,43 @@ ImportedModel import_gguf(const fs::path& path) {
                      data.data() + r * cols);
     }
     return data;
+  };
+  // The same rows in the stored type: a view into the mapping, or a copy put back in order.
+  auto stored_rows = [&](const TensorInfo& t, int64_t row0, int64_t rows,
+                         int64_t heads) -> const uint8_t* {
+    const uint64_t rb = row_bytes(t.type, t.row_length());
+    const int64_t rph = heads > 0 ? rows / heads : 0;
+    if (rph <= 1) return t.data + static_cast<uint64_t>(row0) * rb;
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows) * rb);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t src = permuted_dest_row(r, rph);
+      std::memcpy(bytes.data() + r * rb, t.data + static_cast<uint64_t>(row0 + src) * rb, rb);
+    }
+    storage->bytes.push_back(std::move(bytes));
+    return storage->bytes.back().data();
+  };
+  // A matrix of `rows` rows from row0 of t, under its HF name.
+  auto add_matrix = [&](const std::string& hf, const TensorInfo& t, int64_t row0, int64_t rows,
+                        int64_t heads) {
+    const int64_t cols = t.row_length();
+    if (!keep_stored_types) {
+      add(hf, {rows, cols}, rows_of(t, row0, rows, heads));
+      return;
+    }
+    const uint8_t* data = stored_rows(t, row0, rows, heads);
+    switch (t.type) {
+      case GgmlType::kF32:
+        out.views.emplace(hf, tensor::TensorView{tensor::DType::kF32, {rows, cols}, data});
+        break;
+      case GgmlType::kF16:
+        out.views.emplace(hf, tensor::TensorView{tensor::DType::kF16, {rows, cols}, data});
+        break;
+      case GgmlType::kBF16:
+        out.views.emplace(hf, tensor::TensorView{tensor::DType::kBF16, {rows, cols}, data});
+        break;
+      default:
+        out.quantized.emplace(hf, QuantizedMatrix{t.type, rows, cols, data});
+    }
   };
   std::set<std::string> used;
   auto tensor = [&](const std::string& name) -> const TensorInfo* {
@@ -233,8 +280,7 @@ ImportedModel import_gguf(const fs::path& path) {
       if (expert) {
         AMALGAM_CHECK(t->shape.size() == 3, "{}: tensor '{}' is not 3-D", path.string(), t->name);
         for (int64_t e = 0; e < t->shape[0]; ++e) {
-          add(arch::hf_name(role.role, layer, e), {t->shape[1], t->shape[2]},
-              rows_of(*t, e * t->shape[1], t->shape[1], 0));
+          add_matrix(arch::hf_name(role.role, layer, e), *t, e * t->shape[1], t->shape[1], 0);
         }
         continue;
       }
@@ -254,7 +300,7 @@ ImportedModel import_gguf(const fs::path& path) {
         add(arch::hf_name(role.role, layer), t->shape, std::move(w));
       } else {
         AMALGAM_CHECK(t->shape.size() == 2, "{}: tensor '{}' is not 2-D", path.string(), t->name);
-        add(arch::hf_name(role.role, layer), t->shape, rows_of(*t, 0, t->shape[0], heads));
+        add_matrix(arch::hf_name(role.role, layer), *t, 0, t->shape[0], heads);
       }
     }
   }

@@ -1,8 +1,10 @@
 // A GGUF file (one amalgam or llama.cpp wrote for Llama, Mistral, Qwen2 or Mixtral) read back as
 // the engine's inputs: a config.json synthesised from the metadata, and every tensor under its
-// Hugging Face name, dequantised to F32 (q/k rows un-permuted, stacked experts split). The
-// engine then runs exactly the values the file holds. A tokenizer.json is rebuilt from the
-// tokenizer.ggml.* keys for byte-level BPE files.
+// Hugging Face name (q/k rows un-permuted, stacked experts split). Vectors become F32. Matrices
+// are dequantised to F32, or with `keep_stored_types` stay as the file stores them (F32/F16/BF16
+// as views, block-quantised types in `quantized`), mapped, not copied, except the q/k rows that
+// are put back in order: the engine then multiplies the blocks without dequantising whole
+// matrices. A tokenizer.json is rebuilt from the tokenizer.ggml.* keys for byte-level BPE files.
 #pragma once
 
 #include <filesystem>
@@ -21,12 +23,13 @@ namespace amalgam::gguf {
 
 struct ImportedModel {
   io::ModelConfig config;
-  std::map<std::string, tensor::TensorView> views;  // HF name -> F32 view into `storage`
-  std::shared_ptr<std::vector<std::vector<float>>> storage;
+  std::map<std::string, tensor::TensorView> views;   // HF name -> view into the storage
+  std::map<std::string, QuantizedMatrix> quantized;  // with keep_stored_types only
+  std::shared_ptr<const void> storage;  // the file's mapping and converted tensors
   std::optional<std::string> tokenizer_json;  // gpt2-model files only
 };
 
-ImportedModel import_gguf(const std::filesystem::path& path);
+ImportedModel import_gguf(const std::filesystem::path& path, bool keep_stored_types = false);
 
 // config.json of the file's model, from its hyperparameter keys.
 nlohmann::ordered_json config_from_gguf(const GgufFile& f);

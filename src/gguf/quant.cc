@@ -338,14 +338,14 @@ void q6_k(const float* x, int64_t n, uint8_t* out) {
 }
 
 // ---- dequantisation ----
-void dq8_0(const uint8_t* in, int64_t n, float* y) {
+void dq8_0(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 34, y += 32) {
     const float d = f(get16(in));
     for (int j = 0; j < 32; ++j) y[j] = d * static_cast<int8_t>(in[2 + j]);
   }
 }
 
-void dq4_0(const uint8_t* in, int64_t n, float* y) {
+void dq4_0(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 18, y += 32) {
     const float d = f(get16(in));
     for (int j = 0; j < 16; ++j) {
@@ -355,7 +355,7 @@ void dq4_0(const uint8_t* in, int64_t n, float* y) {
   }
 }
 
-void dq5(const uint8_t* in, int64_t n, float* y, bool with_min) {
+void dq5(const uint8_t* __restrict in, int64_t n, float* __restrict y, bool with_min) {
   const size_t bytes = with_min ? 24 : 22;
   for (int64_t b = 0; b < n / 32; ++b, in += bytes, y += 32) {
     const float d = f(get16(in));
@@ -372,7 +372,7 @@ void dq5(const uint8_t* in, int64_t n, float* y, bool with_min) {
   }
 }
 
-void dq_k45(const uint8_t* in, int64_t n, float* y, bool five) {
+void dq_k45(const uint8_t* __restrict in, int64_t n, float* __restrict y, bool five) {
   const size_t bytes = five ? 176 : 144;
   for (int64_t b = 0; b < n / kQK; ++b, in += bytes) {
     const float d = f(get16(in)), dmin = f(get16(in + 2));
@@ -398,7 +398,7 @@ void dq_k45(const uint8_t* in, int64_t n, float* y, bool five) {
   }
 }
 
-void dq6_k(const uint8_t* in, int64_t n, float* y) {
+void dq6_k(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / kQK; ++b, in += 210) {
     const float d = f(get16(in + 208));
     const uint8_t* ql = in;

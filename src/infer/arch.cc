@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <optional>
 #include <set>
 
 #include "core/error.h"
@@ -17,9 +18,21 @@ using arch::Role;
 
 class Resolver {
  public:
-  Resolver(const WeightMap& weights) : weights_(weights) {}
+  Resolver(const WeightMap& weights, const QuantizedMap& quantized)
+      : weights_(weights), quantized_(quantized) {}
 
-  bool has(const std::string& name) const { return weights_.count(name) != 0; }
+  bool has(const std::string& name) const {
+    return weights_.count(name) != 0 || quantized_.count(name) != 0;
+  }
+
+  // The shape of a tensor of either map; nullopt when absent.
+  std::optional<tensor::Shape> shape_of(const std::string& name) const {
+    if (auto it = weights_.find(name); it != weights_.end()) return it->second.shape;
+    if (auto it = quantized_.find(name); it != quantized_.end()) {
+      return tensor::Shape{it->second.rows, it->second.cols};
+    }
+    return std::nullopt;
+  }
 
   const tensor::TensorView& get(const std::string& name, const tensor::Shape& shape) {
     auto it = weights_.find(name);
@@ -40,6 +53,15 @@ class Resolver {
   }
 
   WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) {
+    if (auto it = quantized_.find(name); it != quantized_.end()) {
+      const gguf::QuantizedMatrix& q = it->second;
+      if (q.rows != rows || q.cols != cols) {
+        fail("tensor '{}' has shape {}, expected {} from config.json", name,
+             tensor::shape_string({q.rows, q.cols}), tensor::shape_string({rows, cols}));
+      }
+      used_.insert(name);
+      return quantized_matrix(q);
+    }
     return weight_matrix(get(name, {rows, cols}), name);
   }
 
@@ -65,11 +87,15 @@ class Resolver {
     for (const auto& [name, view] : weights_) {
       if (!used_.count(name)) out.push_back(name);
     }
+    for (const auto& [name, q] : quantized_) {
+      if (!used_.count(name)) out.push_back(name);
+    }
     return out;
   }
 
  private:
   const WeightMap& weights_;
+  const QuantizedMap& quantized_;
   std::set<std::string> used_;
 };
 
@@ -148,11 +174,13 @@ std::vector<int64_t> layer_windows(const io::ModelConfig& config) {
 }
 
 ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
-                             const WeightMap& weights) {
+                             const WeightMap& weights, const QuantizedMap& quantized) {
+  Resolver r(weights, quantized);
   // Before anything is sized by a count from config.json.
   io::TensorShapes shapes;
   for (const auto& [name, view] : weights) shapes.names.push_back(name);
-  shapes.shape = [&weights](const std::string& n) { return weights.at(n).shape; };
+  for (const auto& [name, q] : quantized) shapes.names.push_back(name);
+  shapes.shape = [&r](const std::string& n) { return *r.shape_of(n); };
   io::check_config_against_tensors(c, shapes, "config.json");
   AMALGAM_CHECK(c.hidden_size > 0 && c.num_layers > 0 && c.num_heads > 0 && c.num_kv_heads > 0 &&
                     c.head_dim > 0 && c.vocab_size > 0,
@@ -165,20 +193,18 @@ ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
                 "config.json: intermediate_size must be positive");
   const int64_t D = c.hidden_size, H = c.num_heads, Hkv = c.num_kv_heads, d = c.head_dim;
   const int64_t I = c.intermediate_size;
-  Resolver r(weights);
   ModelWeights m;
-  const tensor::TensorView* embed = nullptr;
   const std::string embed_name = hf_name(Role::kTokenEmbd);
   const std::string head_name = hf_name(Role::kOutput);
-  {
-    auto it = weights.find(embed_name);
-    if (it == weights.end()) fail("missing tensor '{}'", embed_name);
-    AMALGAM_CHECK(it->second.shape.size() == 2 && it->second.shape[1] == D,
-                  "tensor '{}' has shape {}, expected [V, {}]", embed_name,
-                  tensor::shape_string(it->second.shape), D);
-    embed = &r.get(embed_name, it->second.shape);
-  }
-  m.embed = weight_matrix(*embed, embed_name);
+  // (V, D) matrices whose V is checked against config.json elsewhere.
+  auto vocab_matrix = [&](const std::string& name) {
+    const auto shape = r.shape_of(name);
+    if (!shape) fail("missing tensor '{}'", name);
+    AMALGAM_CHECK(shape->size() == 2 && (*shape)[1] == D, "tensor '{}' has shape {}, expected [V, {}]",
+                  name, tensor::shape_string(*shape), D);
+    return r.matrix(name, (*shape)[0], D);
+  };
+  m.embed = vocab_matrix(embed_name);
   m.final_norm = r.vector(hf_name(Role::kOutputNorm), D);
   if (c.tie_word_embeddings || !r.has(head_name)) {
     if (!c.tie_word_embeddings) {
@@ -186,11 +212,7 @@ ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
     }
     m.lm_head = m.embed;
   } else {
-    auto it = weights.find(head_name);
-    AMALGAM_CHECK(it->second.shape.size() == 2 && it->second.shape[1] == D,
-                  "tensor '{}' has shape {}, expected [V, {}]", head_name,
-                  tensor::shape_string(it->second.shape), D);
-    m.lm_head = weight_matrix(r.get(head_name, it->second.shape), head_name);
+    m.lm_head = vocab_matrix(head_name);
   }
   const std::vector<int64_t> windows = layer_windows(c);
   const bool attn_bias = arch.qkv_bias_required || c.attention_bias;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "arch/roles.h"
+#include "gguf/format.h"
 #include "infer/matmul.h"
 #include "io/hf_config.h"
 #include "tensor/tensor.h"
@@ -18,6 +19,8 @@
 namespace amalgam::infer {
 
 using WeightMap = std::map<std::string, tensor::TensorView>;
+// Matrices kept in a GGUF block type (a GGUF file run as stored), by checkpoint name.
+using QuantizedMap = std::map<std::string, gguf::QuantizedMatrix>;
 
 // A row of the architecture table (arch/roles.h).
 using ArchInfo = arch::ArchSpec;
@@ -54,8 +57,9 @@ struct ModelWeights {
 };
 
 // Resolves and validates all weights. Fails on the first missing tensor or wrong shape, naming it.
+// A matrix may come from either map.
 ModelWeights resolve_weights(const io::ModelConfig& config, const ArchInfo& arch,
-                             const WeightMap& weights);
+                             const WeightMap& weights, const QuantizedMap& quantized = {});
 
 // Per-layer sliding window (0 = none) from sliding_window, layer_types or Qwen2's
 // max_window_layers.

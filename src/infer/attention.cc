@@ -1,13 +1,12 @@
 #include "infer/attention.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <vector>
 
+#include "infer/gemm.h"
 #include "infer/ops.h"
 #include "infer/thread_pool.h"
 
@@ -111,9 +110,7 @@ void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* t
     const float* K = s.k[layer].data() + first * kvdim + kv_offset;
     const float* V = s.v[layer].data() + first * kvdim + kv_offset;
     // S (m, span) = scale * Qh (m, d) . K^T
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                static_cast<int>(span), static_cast<int>(d), scale, w.q.data(), static_cast<int>(d),
-                K, static_cast<int>(kvdim), 0.0f, w.scores.data(), static_cast<int>(span));
+    sgemm(false, true, m, span, d, scale, w.q.data(), d, K, kvdim, 0.0f, w.scores.data(), span);
     for (int64_t i = 0; i < m; ++i) {
       float* row = &w.scores[i * span];
       const int32_t p = tokens[block[i]].pos;
@@ -123,9 +120,7 @@ void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* t
       w.inv[i] = softmax_row(row, span);
     }
     // O (m, d) = P (m, span) . V (span, d)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(d),
-                static_cast<int>(span), 1.0f, w.scores.data(), static_cast<int>(span), V,
-                static_cast<int>(kvdim), 0.0f, w.o.data(), static_cast<int>(d));
+    sgemm(false, false, m, d, span, 1.0f, w.scores.data(), span, V, kvdim, 0.0f, w.o.data(), d);
     for (int64_t i = 0; i < m; ++i) {
       float* o = out + block[i] * qdim + head * d;
       for (int64_t k = 0; k < d; ++k) o[k] = w.o[i * d + k] * w.inv[i];

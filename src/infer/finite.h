@@ -15,5 +15,7 @@ bool check_finite_on_load();
 
 // Throws "WHERE: tensor 'T' element i is NaN|Inf" for the first non-finite float weight.
 void check_finite_weights(const WeightMap& weights, const std::string& where);
+// The same for matrices in a GGUF block type (their values, dequantised row by row).
+void check_finite_quantized(const QuantizedMap& quantized, const std::string& where);
 
 }  // namespace amalgam::infer

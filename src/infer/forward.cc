@@ -10,7 +10,6 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "infer/attention.h"
-#include "infer/kernels.h"
 #include "infer/matmul.h"
 #include "infer/model.h"
 #include "infer/ops.h"
@@ -93,7 +92,6 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
   const int64_t qdim = H * d, kvdim = Hkv * d;
   Dumper* dump = options.dump;
   StageTimes* prof = options.profile;
-  const KernelSet& kernels = best_kernels();
 
   // Tokens of this micro-batch that are the last of their sequence in the whole batch.
   std::vector<std::pair<int64_t, int32_t>> hidden_rows;  // (token, seq)
@@ -111,12 +109,7 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
 
   // x (n, D) = E[id]
   std::vector<float> x(static_cast<size_t>(n * D));
-  for (int64_t t = 0; t < n; ++t) {
-    kernels.to_f32(
-        weights_.embed.dtype,
-        weights_.embed.data + static_cast<size_t>(tokens[t].id) * weights_.embed.row_bytes(),
-        x.data() + t * D, D);
-  }
+  for (int64_t t = 0; t < n; ++t) rows_to_f32(weights_.embed, tokens[t].id, 1, x.data() + t * D);
   record(dump, "embd", -1, x.data(), n, D);
 
   // Cache slots, and RoPE angles (rd/2 per token) shared by all layers.

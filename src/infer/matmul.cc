@@ -1,74 +1,39 @@
 #include "infer/matmul.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "core/error.h"
-#include "core/log.h"
+#include "core/half.h"
+#include "gguf/quant.h"
+#include "infer/gemm.h"
 #include "infer/kernels.h"
 #include "infer/thread_pool.h"
-
-// OpenBLAS with DYNAMIC_ARCH picks its kernels once, when the library loads. Versions older
-// than the CPU fall back to a generic SSE3 core ("Prescott") that is 4-8x slower on sgemm;
-// these two entry points redo the selection after OPENBLAS_CORETYPE has been set.
-extern "C" {
-void gotoblas_dynamic_init(void) __attribute__((weak));
-void gotoblas_dynamic_quit(void) __attribute__((weak));
-char* openblas_get_corename(void) __attribute__((weak));
-}
 
 namespace amalgam::infer {
 
 namespace {
 
-// Weight rows per sgemm block: the fp32 copy of a block (rows x cols x 4 bytes) stays in L2/L3.
+// Weight rows per product block: a block of weights (fp32 or bf16) stays in L2.
 constexpr int64_t kGemmBlockRows = 128;
 // Below this many multiply-adds a parallel region costs more than it saves (and stalls badly
 // when the machine is oversubscribed).
 constexpr int64_t kMinParallelWork = 1 << 16;
-
-void select_blas_core() {
-  if (openblas_get_corename == nullptr || gotoblas_dynamic_init == nullptr ||
-      gotoblas_dynamic_quit == nullptr || std::getenv("OPENBLAS_CORETYPE") != nullptr) {
-    return;
-  }
-  std::string core = openblas_get_corename();
-  bool generic = core == "Prescott" || core == "Core2" || core == "Nehalem" || core == "Katmai" ||
-                 core == "Coppermine" || core == "Northwood" || core == "Banias";
-  if (!generic) return;
-  const char* wanted = nullptr;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-    wanted = "SkylakeX";
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    wanted = "Haswell";
-  }
-  if (wanted == nullptr) return;
-  ::setenv("OPENBLAS_CORETYPE", wanted, 0);
-  gotoblas_dynamic_quit();
-  gotoblas_dynamic_init();
-  core::debug("OpenBLAS detected core {} for this CPU; using {} kernels", core,
-              openblas_get_corename());
-}
-
-std::once_flag g_blas_once;
-
-void ensure_blas() {
-  std::call_once(g_blas_once, [] {
-    select_blas_core();
-    openblas_set_num_threads(1);
-  });
-}
+// Quantised rows dequantised at a time by the gemv path (fp32 rows that stay in L2).
+constexpr int64_t kQuantGemvRows = 16;
 
 // A range of weight rows of one job.
 struct RowChunk {
   size_t job;
   int64_t r0, rows;
 };
+
+// Rounds to the nearest BF16 value, in place.
+void round_to_bf16(float* v, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) v[i] = core::bf16_to_f32(core::f32_to_bf16(v[i]));
+}
 
 // Splits every job's rows into chunks of about `target` rows (a multiple of 16, so SIMD row
 // blocks stay whole).
@@ -84,8 +49,17 @@ std::vector<RowChunk> row_chunks(std::span<const MatmulJob> jobs, int64_t target
 }
 
 // Few activation rows: every weight row is streamed once per kGemvMaxInputs activation rows.
-void gemv_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64_t cols) {
+void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, int64_t cols) {
   const KernelSet& k = best_kernels();
+  // BF16 products: the same rounding of x (and of dequantised weights) as the oneDNN path.
+  const bool bf16 = bf16_compute_enabled();
+  std::vector<float> x_rounded;
+  if (bf16 && std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) {
+        return j.w.quant || j.w.dtype == tensor::DType::kBF16;
+      })) {
+    x_rounded.assign(x_in, x_in + n * cols);
+    round_to_bf16(x_rounded.data(), n * cols);
+  }
   const int threads = num_threads();
   int64_t total_rows = 0;
   for (const auto& j : jobs) total_rows += j.w.rows;
@@ -98,6 +72,26 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64
     const RowChunk& ch = chunks[c];
     const WeightMatrix& w = jobs[ch.job].w;
     float* y = jobs[ch.job].y;
+    const float* x = !x_rounded.empty() && (w.quant || w.dtype == tensor::DType::kBF16)
+                         ? x_rounded.data()
+                         : x_in;
+    if (w.quant) {
+      // Blocks of a few rows dequantised into L1/L2 and multiplied from there.
+      thread_local std::vector<float> rows_f32;
+      for (int64_t b = 0; b < ch.rows; b += kQuantGemvRows) {
+        const int64_t nb = std::min(kQuantGemvRows, ch.rows - b);
+        rows_f32.resize(static_cast<size_t>(nb * cols));
+        rows_to_f32(w, ch.r0 + b, nb, rows_f32.data());
+        if (bf16) round_to_bf16(rows_f32.data(), nb * cols);
+        const auto* wf = reinterpret_cast<const uint8_t*>(rows_f32.data());
+        for (int64_t i = 0; i < n; i += kGemvMaxInputs) {
+          int nx = static_cast<int>(std::min<int64_t>(kGemvMaxInputs, n - i));
+          k.gemv(tensor::DType::kF32, wf, nb, cols, x + i * cols, nx, cols,
+                 y + i * w.rows + ch.r0 + b, w.rows);
+        }
+      }
+      return;
+    }
     const uint8_t* wb = w.data + static_cast<size_t>(ch.r0) * w.row_bytes();
     for (int64_t i = 0; i < n; i += kGemvMaxInputs) {
       int nx = static_cast<int>(std::min<int64_t>(kGemvMaxInputs, n - i));
@@ -111,30 +105,80 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64
   }
 }
 
-// Many activation rows: blocks of weight rows widened to fp32 (per-thread scratch) and
-// multiplied with sgemm, one block per task.
+// Rows of x given to oneDNN for n rows: multiples of 16 up to 128, then of 64.
+int64_t padded_rows(int64_t n) {
+  const int64_t step = n <= 128 ? 16 : 64;
+  return (n + step - 1) / step * step;
+}
+
+// x rounded to BF16 (round to nearest even), for the BF16 products.
+std::vector<uint16_t> to_bf16(const float* x, int64_t count) {
+  std::vector<uint16_t> out(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) out[i] = core::f32_to_bf16(x[i]);
+  return out;
+}
+
+// Many activation rows: one block of weight rows per task, multiplied by oneDNN on the task's
+// thread. Where the CPU multiplies BF16 natively, BF16 weights are used as stored and quantised
+// ones are dequantised block by block to BF16 (x rounded to BF16 once per call); otherwise every
+// stored type but F32 is widened block by block into a per-thread fp32 scratch. The product of a
+// block goes to a contiguous scratch (oneDNN's fastest kernels want a dense output) and is copied
+// into its columns of y.
 void gemm_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64_t cols) {
   const KernelSet& k = best_kernels();
+  const bool bf16 = bf16_compute_enabled();
+  auto in_bf16 = [&](const WeightMatrix& w) {
+    return bf16 && (w.quant || w.dtype == tensor::DType::kBF16);
+  };
+  // oneDNN compiles one kernel per shape: x is padded with zero rows to a multiple of
+  // padded_rows(n), so the varying batch sizes of evaluation and decoding reuse a few kernels.
+  const int64_t np = padded_rows(n);
+  std::vector<float> x_padded;
+  if (np != n) {
+    x_padded.assign(static_cast<size_t>(np * cols), 0.0f);
+    std::memcpy(x_padded.data(), x, sizeof(float) * static_cast<size_t>(n * cols));
+    x = x_padded.data();
+  }
+  std::vector<uint16_t> x_bf16;
+  if (std::any_of(jobs.begin(), jobs.end(), [&](const MatmulJob& j) { return in_bf16(j.w); }))
+    x_bf16 = to_bf16(x, np * cols);
   const auto chunks = row_chunks(jobs, kGemmBlockRows);
   const int64_t count = static_cast<int64_t>(chunks.size());
   engine_pool().run(count, [&](int64_t c, int) {
-    thread_local std::vector<float> scratch;  // one fp32 block per thread, kept between calls
-    {
-      const RowChunk& ch = chunks[c];
-      const WeightMatrix& w = jobs[ch.job].w;
-      const uint8_t* wb = w.data + static_cast<size_t>(ch.r0) * w.row_bytes();
-      const float* wf;
-      if (w.dtype == tensor::DType::kF32) {
-        wf = reinterpret_cast<const float*>(wb);
-      } else {
-        scratch.resize(static_cast<size_t>(ch.rows * cols));
-        k.to_f32(w.dtype, wb, scratch.data(), ch.rows * cols);
-        wf = scratch.data();
+    thread_local std::vector<float> widened;  // kept between calls
+    thread_local std::vector<uint16_t> narrowed;
+    thread_local std::vector<float> product;
+    const RowChunk& ch = chunks[c];
+    const WeightMatrix& w = jobs[ch.job].w;
+    const uint8_t* wb = w.data + static_cast<size_t>(ch.r0) * w.row_bytes();
+    const size_t block = static_cast<size_t>(ch.rows * cols);
+    product.resize(static_cast<size_t>(np * ch.rows));
+    if (in_bf16(w)) {
+      const auto* wh = reinterpret_cast<const uint16_t*>(wb);
+      if (w.quant) {
+        widened.resize(block);
+        narrowed.resize(block);
+        rows_to_f32(w, ch.r0, ch.rows, widened.data());
+        for (size_t i = 0; i < block; ++i) narrowed[i] = core::f32_to_bf16(widened[i]);
+        wh = narrowed.data();
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-                  static_cast<int>(ch.rows), static_cast<int>(cols), 1.0f, x,
-                  static_cast<int>(cols), wf, static_cast<int>(cols), 0.0f, jobs[ch.job].y + ch.r0,
-                  static_cast<int>(w.rows));
+      gemm_bf16(np, ch.rows, cols, x_bf16.data(), wh, product.data());
+    } else {
+      const float* wf = reinterpret_cast<const float*>(wb);
+      if (w.quant || w.dtype != tensor::DType::kF32) {
+        widened.resize(block);
+        if (w.quant) {
+          rows_to_f32(w, ch.r0, ch.rows, widened.data());
+        } else {
+          k.to_f32(w.dtype, wb, widened.data(), ch.rows * cols);
+        }
+        wf = widened.data();
+      }
+      gemm_f32(np, ch.rows, cols, x, wf, product.data());
+    }
+    float* y = jobs[ch.job].y + ch.r0;
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(y + i * w.rows, product.data() + i * ch.rows, sizeof(float) * ch.rows);
     }
   });
 }
@@ -148,6 +192,23 @@ WeightMatrix WeightMatrix::slice_rows(int64_t begin, int64_t count) const {
   m.data = data + static_cast<size_t>(begin) * row_bytes();
   m.rows = count;
   return m;
+}
+
+WeightMatrix quantized_matrix(const gguf::QuantizedMatrix& q) {
+  WeightMatrix m{tensor::DType::kF32, q.data, q.rows, q.cols, q.type};
+  return m;
+}
+
+void rows_to_f32(const WeightMatrix& w, int64_t r0, int64_t count, float* out) {
+  const uint8_t* src = w.data + static_cast<size_t>(r0) * w.row_bytes();
+  if (!w.quant) {
+    best_kernels().to_f32(w.dtype, src, out, count * w.cols);
+    return;
+  }
+  const size_t rb = w.row_bytes();
+  for (int64_t r = 0; r < count; ++r) {
+    gguf::dequantize_row(*w.quant, src + r * rb, w.cols, out + r * w.cols);
+  }
 }
 
 WeightMatrix weight_matrix(const tensor::TensorView& view, const std::string& name) {
@@ -172,7 +233,6 @@ WeightMatrix weight_matrix_of_stack(const tensor::TensorView& view, int64_t inde
 }
 
 void matmul_many(std::span<const MatmulJob> jobs, const float* x, int64_t n) {
-  ensure_blas();
   if (n <= 0 || jobs.empty()) return;
   const int64_t cols = jobs[0].w.cols;
   for (const auto& j : jobs) {

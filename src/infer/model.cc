@@ -21,12 +21,14 @@ std::span<const float> ForwardResult::logits_of(int32_t batch_index) const {
   return row(static_cast<size_t>(it - rows.begin()));
 }
 
-Model::Model(io::ModelConfig config, WeightMap weights, std::shared_ptr<const void> keepalive)
+Model::Model(io::ModelConfig config, WeightMap weights, std::shared_ptr<const void> keepalive,
+             QuantizedMap quantized)
     : config_(std::move(config)),
       arch_(&find_arch(config_)),
       views_(std::move(weights)),
+      quantized_(std::move(quantized)),
       keepalive_(std::move(keepalive)),
-      weights_(resolve_weights(config_, *arch_, views_)),
+      weights_(resolve_weights(config_, *arch_, views_, quantized_)),
       rope_(config_) {}
 
 int64_t Model::context_length() const {
@@ -104,12 +106,17 @@ WeightMap copy_into_arena(const WeightMap& views, std::shared_ptr<WeightArena>& 
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadOptions& options) {
   if (std::filesystem::is_regular_file(path) && gguf::is_gguf_file(path)) {
-    // Dequantised to F32 once at load: the engine scores exactly the values the file holds.
-    gguf::ImportedModel g = gguf::import_gguf(path);
+    // Run as stored: F32/F16/BF16 matrices mapped, quantised ones dequantised block by block
+    // inside the products; the engine scores exactly the values the file holds.
+    gguf::ImportedModel g = gguf::import_gguf(path, /*keep_stored_types=*/true);
     WeightMap weights(g.views.begin(), g.views.end());
-    if (check_finite_on_load()) check_finite_weights(weights, path.string());
+    if (check_finite_on_load()) {
+      check_finite_weights(weights, path.string());
+      check_finite_quantized(g.quantized, path.string());
+    }
     try {
-      return std::make_unique<Model>(std::move(g.config), std::move(weights), g.storage);
+      return std::make_unique<Model>(std::move(g.config), std::move(weights), g.storage,
+                                     std::move(g.quantized));
     } catch (const Error& e) {
       fail("{}: {}", path.string(), e.what());
     }

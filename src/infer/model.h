@@ -57,7 +57,9 @@ struct ForwardResult {
 
 class Model {
  public:
-  Model(io::ModelConfig config, WeightMap weights, std::shared_ptr<const void> keepalive = {});
+  // `quantized`: matrices kept in a GGUF block type, beside `weights` (a GGUF file run as stored).
+  Model(io::ModelConfig config, WeightMap weights, std::shared_ptr<const void> keepalive = {},
+        QuantizedMap quantized = {});
 
   const io::ModelConfig& config() const { return config_; }
   const ArchInfo& arch() const { return *arch_; }
@@ -96,6 +98,7 @@ class Model {
   io::ModelConfig config_;
   const ArchInfo* arch_;
   WeightMap views_;
+  QuantizedMap quantized_;
   std::shared_ptr<const void> keepalive_;
   ModelWeights weights_;
   Rope rope_;

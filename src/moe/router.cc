@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "infer/matmul.h"
 #include "tensor/tensor.h"
 
 namespace amalgam::moe {
@@ -53,8 +54,7 @@ std::vector<double> embedding_sum(const infer::Model& base, const tokenizer::Tok
   std::vector<float> row(static_cast<size_t>(D));
   for (const std::string& prompt : prompts) {
     for (int32_t id : prompt_tokens(tokenizer, prompt)) {
-      tensor::to_f32(embed.dtype, embed.data + static_cast<size_t>(id) * embed.row_bytes(),
-                     row.data(), row.size());
+      infer::rows_to_f32(embed, id, 1, row.data());
       for (int64_t j = 0; j < D; ++j) sum[j] += row[j];
     }
   }

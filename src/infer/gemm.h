@@ -1,0 +1,34 @@
+// Dense matrix products of the engine's prefill, on oneDNN's matmul primitive. oneDNN picks its
+// kernels from the CPU's features at run time (AVX2, AVX-512, AVX512-BF16, AMX), never from a list
+// of CPU models, and through its public API only. Every call is single-threaded: the engine's
+// thread pool hands each thread its own block of weight rows.
+#pragma once
+
+#include <cstdint>
+
+namespace amalgam::infer {
+
+// y (n, rows), contiguous = x (n, cols) . w (rows, cols)^T; all fp32.
+void gemm_f32(int64_t n, int64_t rows, int64_t cols, const float* x, const float* w, float* y);
+
+// The same with BF16 operands (raw bf16 bit patterns) and fp32 accumulation and output.
+void gemm_bf16(int64_t n, int64_t rows, int64_t cols, const uint16_t* x, const uint16_t* w,
+               float* y);
+
+// Row-major C (m, n) = alpha * op(A) . op(B) + beta * C, op transposing when `trans_*`; fp32.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+
+// Whether this CPU multiplies BF16 natively (AVX512-BF16 or AMX).
+bool cpu_has_native_bf16();
+
+// BF16 products (the CLI's --bf16-products): BF16 and quantised weights (the latter dequantised
+// block by block to BF16) multiply activations rounded to BF16, with fp32 sums, on every path
+// (prefill and decode alike, so a batch gives what one-by-one evaluation gives). About twice the
+// prefill speed where the CPU has native BF16; ignored elsewhere. Off by default: every product
+// is then fp32 arithmetic on the stored values.
+void set_bf16_compute(bool enabled);
+bool bf16_compute_enabled();
+
+}  // namespace amalgam::infer
