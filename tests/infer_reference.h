@@ -279,9 +279,10 @@ struct RefOutput {
 };
 
 // One sequence at positions 0..n-1. stream_scales (per layer, optional) multiply the residual
-// stream entering each layer, as a data-flow merge's path does.
+// stream entering each layer, as a data-flow merge's path does. causal false: every token
+// attends to every token (bidirectional, LS-unLLaMA), within |t - j| < window when it slides.
 inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
-                             const std::vector<double>& stream_scales = {}) {
+                             const std::vector<double>& stream_scales = {}, bool causal = true) {
   const TinySpec& s = m.spec;
   const int64_t n = static_cast<int64_t>(ids.size());
   const int64_t D = s.D, qd = s.H * s.d, kvd = s.Hkv * s.d;
@@ -313,23 +314,24 @@ inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
         const int64_t g = h / (s.H / s.Hkv);  // repeat_kv: consecutive heads share a kv head
         std::vector<double> w(n, 0.0);
         double mx = -1e300;
-        for (int64_t j = 0; j <= t; ++j) {
-          if (slides && !(j > t - s.window)) continue;
+        const int64_t last = causal ? t : n - 1;
+        for (int64_t j = 0; j <= last; ++j) {
+          if (slides && !(j > t - s.window && j < t + s.window)) continue;
           double dot = 0.0;
           for (int64_t i = 0; i < s.d; ++i) dot += q[t][h * s.d + i] * k[j][g * s.d + i];
           w[j] = dot / std::sqrt(static_cast<double>(s.d));
           mx = std::max(mx, w[j]);
         }
         double sum = 0.0;
-        for (int64_t j = 0; j <= t; ++j) {
-          if (slides && !(j > t - s.window)) {
+        for (int64_t j = 0; j <= last; ++j) {
+          if (slides && !(j > t - s.window && j < t + s.window)) {
             w[j] = 0.0;
             continue;
           }
           w[j] = std::exp(w[j] - mx);
           sum += w[j];
         }
-        for (int64_t j = 0; j <= t; ++j) {
+        for (int64_t j = 0; j <= last; ++j) {
           for (int64_t i = 0; i < s.d; ++i) att[h * s.d + i] += w[j] / sum * v[j][g * s.d + i];
         }
       }

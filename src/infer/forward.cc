@@ -51,6 +51,9 @@ ForwardResult Model::forward(const Batch& batch, KVCache& cache,
                 "KV cache was made for another model shape");
   AMALGAM_CHECK(options.micro_batch > 0, "micro_batch must be positive");
   const int64_t n = static_cast<int64_t>(batch.size());
+  AMALGAM_CHECK(!options.unmasked || n <= options.micro_batch,
+                "unmasked attention needs the whole batch ({} tokens) in one micro-batch ({})", n,
+                options.micro_batch);
   ForwardResult result;
   result.vocab = vocab_size();
   std::map<int32_t, int64_t> last_of_seq;
@@ -159,7 +162,8 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
       std::copy(&v[t * kvdim], &v[(t + 1) * kvdim], s.v[l].begin() + entry[t] * kvdim);
     }
     timed(prof, "attention", [&] {
-      attention({H, Hkv, d, lw.window}, tokens, n, q.data(), cache, l, att.data());
+      attention({H, Hkv, d, lw.window, !options.unmasked}, tokens, n, q.data(), cache, l,
+                att.data());
     });
     record(dump, "attn", l, att.data(), n, qdim);
     timed(prof, "o_proj", [&] { linear(lw.o, att.data(), n, out.data()); });
