@@ -69,6 +69,10 @@ BuildReport build_moe(const MoeConfig& config, const fs::path& out, const BuildO
   // Calibration files are read before any computation so that a bad one fails fast.
   if (config.gate_mode == GateMode::kCalibrated) {
     for (const ExpertConfig& e : config.experts) calibration_texts(e);
+    const auto& bos = config.calibration.bos_experts;
+    if (bos.size() > 1 && static_cast<int64_t>(bos.size()) != L) {
+      fail("{}: calibration.bos lists {} experts for {} layers", config.where, bos.size(), L);
+    }
   }
   BuildReport report;
   GateVectors gates(L, assembler.gate_rows(), D);

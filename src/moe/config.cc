@@ -155,9 +155,26 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
             fail_at(where, a, "{} must be in [0, 1)", p);
           }
         } else if (k == "bos") {
-          const std::string b = r.string(v, p);
-          if (b != "auto" && b != "none") fail_at(where, a, "{} must be auto or none", p);
-          c.calibration.bos_auto = b == "auto";
+          auto index = [&](const YAML::Node& n, const std::string& path) {
+            const int64_t e = n.IsScalar() && n.Scalar() != "auto" && n.Scalar() != "none"
+                                  ? r.integer(n, path)
+                                  : -1;
+            if (e < 0 || e > 9999) {
+              fail_at(where, YamlReader::location(n), "{} must be auto, none, an expert's index or "
+                      "a list of indices (one per layer)", p);
+            }
+            return static_cast<int32_t>(e);
+          };
+          if (v.IsSequence()) {
+            const auto items = r.sequence(v, p, "a list of expert indices");
+            for (size_t i = 0; i < items.size(); ++i) {
+              c.calibration.bos_experts.push_back(index(items[i], fmt::format("{}[{}]", p, i)));
+            }
+          } else if (v.IsScalar() && (v.Scalar() == "auto" || v.Scalar() == "none")) {
+            c.calibration.bos_auto = v.Scalar() == "auto";
+          } else {
+            c.calibration.bos_experts.push_back(index(v, p));
+          }
         } else if (k == "max_iterations") {
           c.calibration.max_iterations = r.integer(v, p);
           if (c.calibration.max_iterations < 1) fail_at(where, a, "{} must be positive", p);
@@ -196,6 +213,12 @@ OutputArch output_arch(const MoeConfig& c) {
 void validate(const MoeConfig& c, bool allow_same_model) {
   const std::string& w = c.where;
   if (c.experts.empty()) fail("{}: no experts: list at least one under 'experts'", w);
+  for (int32_t e : c.calibration.bos_experts) {
+    if (e >= static_cast<int64_t>(c.experts.size())) {
+      fail("{}: calibration.bos names expert {} but the experts are numbered 0 to {}", w, e,
+           c.experts.size() - 1);
+    }
+  }
   if (c.experts_per_token < 1) {
     fail("{}: experts_per_token must be at least 1, got {}", w, c.experts_per_token);
   }

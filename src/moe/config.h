@@ -36,6 +36,9 @@ struct CalibrationConfig {
   // bos: auto: choose where BOS goes per layer by held-out nll (moe/calibrate.h); bos: none
   // (default): BOS states are left out of the fit.
   bool bos_auto = false;
+  // bos: N: BOS states labelled with expert N (its index under `experts`) in every layer;
+  // bos: [N0, N1, ...]: expert N_l in layer l (one entry per layer).
+  std::vector<int32_t> bos_experts;
 };
 
 struct MoeConfig {
