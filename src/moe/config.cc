@@ -160,8 +160,10 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
                                   ? r.integer(n, path)
                                   : -1;
             if (e < 0 || e > 9999) {
-              fail_at(where, YamlReader::location(n), "{} must be auto, none, an expert's index or "
-                      "a list of indices (one per layer)", p);
+              fail_at(where, YamlReader::location(n),
+                      "{} must be auto, none, an expert's index or "
+                      "a list of indices (one per layer)",
+                      p);
             }
             return static_cast<int32_t>(e);
           };
