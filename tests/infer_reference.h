@@ -1,11 +1,14 @@
 // Tiny random-weight checkpoints for the inference tests, and a naive reference forward pass
 // (plain loops, fp64) written independently of src/infer from the transformers modelling code's
 // definitions: RMSNorm, rotate_half RoPE, GQA with repeat_kv, causal + sliding-window mask
-// (kv_idx > q_idx - window), SwiGLU, Mixtral top-k routing with renormalised softmax weights.
+// (kv_idx > q_idx - window), SwiGLU, Mixtral top-k routing with renormalised softmax weights,
+// Qwen2MoeSparseMoeBlock (top-k softmax weights, renormalised only with norm_topk_prob, plus
+// sigmoid(shared_expert_gate(x)) * shared_expert(x); mlp_only_layers dense).
 #pragma once
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -22,14 +25,19 @@
 namespace amalgam::testing {
 
 struct TinySpec {
-  std::string arch = "llama";  // llama | mistral | qwen2 | mixtral
+  std::string arch = "llama";  // llama | mistral | qwen2 | mixtral | qwen2_moe
   int64_t D = 64, H = 4, Hkv = 2, d = 16, I = 96, V = 128, L = 2;
   int64_t window = 0;             // sliding_window (0 = none)
   int64_t max_window_layers = 0;  // qwen2: first layer that slides
   bool tied = false;
   bool biases = false;         // q/k/v biases (qwen2 always)
-  int64_t E = 0, K = 0;        // mixtral experts
+  int64_t E = 0, K = 0;        // mixtral / qwen2_moe experts
   bool fused_experts = false;  // transformers-5 stacked expert tensors
+  // qwen2_moe: I is moe_intermediate_size; Is the shared expert's, Idense that of the dense
+  // mlp_only_layers (intermediate_size).
+  int64_t Is = 0, Idense = 0;
+  bool norm_topk = false;
+  std::vector<int64_t> mlp_only_layers;
   tensor::DType dtype = tensor::DType::kBF16;
   double theta = 10000.0;
   double eps = 1e-5;
@@ -41,6 +49,8 @@ using Mat = std::vector<double>;  // row-major
 struct RefLayer {
   Mat attn_norm, ffn_norm, wq, wk, wv, wo, bq, bk, bv, bo, gate, up, down, router;
   std::vector<Mat> w1, w2, w3;  // experts
+  Mat sg, su, sd, shared_gate;  // qwen2_moe shared expert
+  bool sparse = false;
 };
 
 struct RefModel {
@@ -88,7 +98,8 @@ inline nlohmann::ordered_json tiny_config(const TinySpec& s) {
   static const std::map<std::string, std::string> kArch = {{"llama", "LlamaForCausalLM"},
                                                            {"mistral", "MistralForCausalLM"},
                                                            {"qwen2", "Qwen2ForCausalLM"},
-                                                           {"mixtral", "MixtralForCausalLM"}};
+                                                           {"mixtral", "MixtralForCausalLM"},
+                                                           {"qwen2_moe", "Qwen2MoeForCausalLM"}};
   nlohmann::ordered_json j;
   j["architectures"] = {kArch.at(s.arch)};
   j["model_type"] = s.arch;
@@ -118,6 +129,18 @@ inline nlohmann::ordered_json tiny_config(const TinySpec& s) {
     j["num_local_experts"] = s.E;
     j["num_experts_per_tok"] = s.K;
   }
+  if (s.arch == "qwen2_moe") {
+    j["intermediate_size"] = s.Idense > 0 ? s.Idense : s.I;
+    j["use_sliding_window"] = false;
+    j["sliding_window"] = 4096;
+    j["num_experts"] = s.E;
+    j["num_experts_per_tok"] = s.K;
+    j["moe_intermediate_size"] = s.I;
+    j["shared_expert_intermediate_size"] = s.Is;
+    j["norm_topk_prob"] = s.norm_topk;
+    j["decoder_sparse_step"] = 1;
+    j["mlp_only_layers"] = s.mlp_only_layers;
+  }
   return j;
 }
 
@@ -129,7 +152,7 @@ inline RefModel write_tiny_model(const std::filesystem::path& dir, const TinySpe
   m.spec = s;
   const double in_scale = 1.0 / std::sqrt(static_cast<double>(s.D));
   m.embed = w.add("model.embed_tokens.weight", {s.V, s.D}, 1.0);
-  const bool qkv_bias = s.biases || s.arch == "qwen2";
+  const bool qkv_bias = s.biases || s.arch == "qwen2" || s.arch == "qwen2_moe";
   for (int64_t l = 0; l < s.L; ++l) {
     RefLayer r;
     const std::string p = fmt::format("model.layers.{}", l);
@@ -146,7 +169,28 @@ inline RefModel write_tiny_model(const std::filesystem::path& dir, const TinySpe
     if (s.biases && s.arch == "llama") r.bo = w.add(p + ".self_attn.o_proj.bias", {s.D}, 0.5);
     r.ffn_norm = w.add(p + ".post_attention_layernorm.weight", {s.D}, 0.1, 1.0);
     const double down_scale = 1.0 / std::sqrt(static_cast<double>(s.I));
-    if (s.arch == "mixtral" && s.fused_experts) {
+    const bool mlp_only =
+        std::find(s.mlp_only_layers.begin(), s.mlp_only_layers.end(), l) != s.mlp_only_layers.end();
+    if (s.arch == "qwen2_moe" && !mlp_only) {
+      r.sparse = true;
+      r.router = w.add(p + ".mlp.gate.weight", {s.E, s.D}, 2.0 * in_scale);
+      for (int64_t e = 0; e < s.E; ++e) {
+        const std::string x = fmt::format("{}.mlp.experts.{}", p, e);
+        r.w1.push_back(w.add(x + ".gate_proj.weight", {s.I, s.D}, in_scale));
+        r.w3.push_back(w.add(x + ".up_proj.weight", {s.I, s.D}, in_scale));
+        r.w2.push_back(w.add(x + ".down_proj.weight", {s.D, s.I}, down_scale));
+      }
+      const double shared_down = 1.0 / std::sqrt(static_cast<double>(s.Is));
+      r.sg = w.add(p + ".mlp.shared_expert.gate_proj.weight", {s.Is, s.D}, in_scale);
+      r.su = w.add(p + ".mlp.shared_expert.up_proj.weight", {s.Is, s.D}, in_scale);
+      r.sd = w.add(p + ".mlp.shared_expert.down_proj.weight", {s.D, s.Is}, shared_down);
+      r.shared_gate = w.add(p + ".mlp.shared_expert_gate.weight", {1, s.D}, 2.0 * in_scale);
+    } else if (s.arch == "qwen2_moe") {
+      const int64_t Id = s.Idense > 0 ? s.Idense : s.I;
+      r.gate = w.add(p + ".mlp.gate_proj.weight", {Id, s.D}, in_scale);
+      r.up = w.add(p + ".mlp.up_proj.weight", {Id, s.D}, in_scale);
+      r.down = w.add(p + ".mlp.down_proj.weight", {s.D, Id}, 1.0 / std::sqrt(double(Id)));
+    } else if (s.arch == "mixtral" && s.fused_experts) {
       r.router = w.add(p + ".mlp.gate.weight", {s.E, s.D}, 2.0 * in_scale);
       Mat gu = w.add(p + ".mlp.experts.gate_up_proj", {s.E, 2 * s.I, s.D}, in_scale);
       Mat dn = w.add(p + ".mlp.experts.down_proj", {s.E, s.D, s.I}, down_scale);
@@ -235,9 +279,10 @@ struct RefOutput {
 };
 
 // One sequence at positions 0..n-1. stream_scales (per layer, optional) multiply the residual
-// stream entering each layer, as a data-flow merge's path does.
+// stream entering each layer, as a data-flow merge's path does. causal false: every token
+// attends to every token (bidirectional, LS-unLLaMA), within |t - j| < window when it slides.
 inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
-                             const std::vector<double>& stream_scales = {}) {
+                             const std::vector<double>& stream_scales = {}, bool causal = true) {
   const TinySpec& s = m.spec;
   const int64_t n = static_cast<int64_t>(ids.size());
   const int64_t D = s.D, qd = s.H * s.d, kvd = s.Hkv * s.d;
@@ -269,23 +314,24 @@ inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
         const int64_t g = h / (s.H / s.Hkv);  // repeat_kv: consecutive heads share a kv head
         std::vector<double> w(n, 0.0);
         double mx = -1e300;
-        for (int64_t j = 0; j <= t; ++j) {
-          if (slides && !(j > t - s.window)) continue;
+        const int64_t last = causal ? t : n - 1;
+        for (int64_t j = 0; j <= last; ++j) {
+          if (slides && !(j > t - s.window && j < t + s.window)) continue;
           double dot = 0.0;
           for (int64_t i = 0; i < s.d; ++i) dot += q[t][h * s.d + i] * k[j][g * s.d + i];
           w[j] = dot / std::sqrt(static_cast<double>(s.d));
           mx = std::max(mx, w[j]);
         }
         double sum = 0.0;
-        for (int64_t j = 0; j <= t; ++j) {
-          if (slides && !(j > t - s.window)) {
+        for (int64_t j = 0; j <= last; ++j) {
+          if (slides && !(j > t - s.window && j < t + s.window)) {
             w[j] = 0.0;
             continue;
           }
           w[j] = std::exp(w[j] - mx);
           sum += w[j];
         }
-        for (int64_t j = 0; j <= t; ++j) {
+        for (int64_t j = 0; j <= last; ++j) {
           for (int64_t i = 0; i < s.d; ++i) att[h * s.d + i] += w[j] / sum * v[j][g * s.d + i];
         }
       }
@@ -293,7 +339,7 @@ inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
       for (int64_t i = 0; i < D; ++i) x[t][i] += o[i];
       auto h2 = ref_rms_norm(x[t], r.ffn_norm, s.eps);
       std::vector<double> f(D, 0.0);
-      if (s.arch == "mixtral") {
+      if (s.arch == "mixtral" || r.sparse) {
         auto z = ref_linear(r.router, h2, s.E);
         double mx2 = *std::max_element(z.begin(), z.end()), total = 0.0;
         std::vector<double> p(s.E);
@@ -311,12 +357,19 @@ inline RefOutput ref_forward(const RefModel& m, const std::vector<int32_t>& ids,
         }
         double top = 0.0;
         for (int64_t e : chosen) top += p[e];
+        if (s.arch == "qwen2_moe" && !s.norm_topk) top = 1.0;
         for (int64_t e : chosen) {
           auto y = ref_swiglu(r.w1[e], r.w3[e], r.w2[e], h2, s.I, D);
           for (int64_t i = 0; i < D; ++i) f[i] += p[e] / top * y[i];
         }
+        if (s.arch == "qwen2_moe") {
+          const double g = 1.0 / (1.0 + std::exp(-ref_linear(r.shared_gate, h2, 1)[0]));
+          auto y = ref_swiglu(r.sg, r.su, r.sd, h2, s.Is, D);
+          for (int64_t i = 0; i < D; ++i) f[i] += g * y[i];
+        }
       } else {
-        f = ref_swiglu(r.gate, r.up, r.down, h2, s.I, D);
+        const int64_t Id = s.arch == "qwen2_moe" && s.Idense > 0 ? s.Idense : s.I;
+        f = ref_swiglu(r.gate, r.up, r.down, h2, Id, D);
       }
       for (int64_t i = 0; i < D; ++i) x[t][i] += f[i];
     }

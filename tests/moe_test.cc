@@ -219,6 +219,59 @@ TEST(MoeTest, CalibratedRoutersSeparateExperts) {
   }
 }
 
+// calibration.bos: N labels BOS with expert N in every layer. Every other token of an add item
+// goes to the add expert (the fitted router separates the tasks), so with BOS there too the MoE
+// computes mlp-add-expert exactly on add items; with BOS elsewhere it does not.
+TEST(MoeTest, CalibratedBosExpertRoutesBos) {
+  TempDir dir;
+  const char* tasks[] = {"add", "rev", "sort"};
+  std::string experts;
+  for (int e = 0; e < 3; ++e) {
+    const nlohmann::json items =
+        nlohmann::json::parse(testing::read_file(zoo("eval") / (std::string(tasks[e]) + ".json")));
+    std::string lines;
+    for (int i = 0; i < 40; ++i) lines += items[i].dump() + "\n";
+    testing::write_file(dir / (std::string(tasks[e]) + ".jsonl"), lines);
+    experts += "  - source_model: " + zoo(kExperts[e]).string() +
+               "\n    calibration_data: " + (dir / (std::string(tasks[e]) + ".jsonl")).string() +
+               "\n";
+  }
+  const std::string head =
+      "base_model: " + zoo("base").string() + "\ngate_mode: calibrated\nexperts_per_token: 1\n";
+  const auto tok = tokenizer::Tokenizer::from_directory(zoo("base"));
+  const std::vector<int32_t> ids = tok.encode("951+682=1633", true);
+  const std::vector<float> add = all_logits(*infer::load_model(zoo("mlp-add-expert")), ids);
+  for (const char* bos : {"0", "[0, 0, 0, 0]", "1"}) {
+    moe::build_moe(moe::parse_moe_config(
+                       head + "calibration:\n  bos: " + bos + "\nexperts:\n" + experts, "cal.yaml"),
+                   dir / "moe", {.force = true});
+    const std::vector<float> got = all_logits(*infer::load_model(dir / "moe"), ids);
+    double worst = 0.0;
+    for (size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, double(std::abs(got[i] - add[i])));
+    if (std::string(bos) == "1") {
+      EXPECT_GT(worst, 1e-2) << "BOS with rev must change add's logits";
+    } else {
+      EXPECT_LT(worst, 1e-5) << "bos: " << bos;
+    }
+  }
+  expect_error(
+      [&] {
+        moe::build_moe(moe::parse_moe_config(
+                           head + "calibration:\n  bos: [0, 1]\nexperts:\n" + experts, "cal.yaml"),
+                       dir / "bad", {});
+      },
+      "lists 2 experts for 4 layers");
+  expect_error(
+      [&] {
+        moe::build_moe(moe::parse_moe_config(head + "calibration:\n  bos: 3\nexperts:\n" + experts,
+                                             "cal.yaml"),
+                       dir / "bad", {});
+      },
+      "numbered 0 to 2");
+  EXPECT_FALSE(fs::exists(dir / "bad"));
+}
+
 TEST(MoeTest, ConfigErrors) {
   const std::string base = "base_model: " + zoo("base").string() + "\n";
   auto build = [&](const std::string& text, bool same = false) {

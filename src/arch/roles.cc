@@ -47,6 +47,15 @@ const std::vector<TensorRole>& roles() {
       {Role::kFusedRouter, L "mlp.gate.weight", B "ffn_gate_inp.weight"},
       {Role::kFusedExpertsGateUp, L "mlp.experts.gate_up_proj", ""},
       {Role::kFusedExpertsDown, L "mlp.experts.down_proj", B "ffn_down_exps.weight"},
+      // llama.cpp stacks these into ffn_{gate,up,down}_exps, the names GGUF import maps back to
+      // Mixtral's roles; left empty here until Qwen2-MoE is converted.
+      {Role::kMlpExpertGate, L "mlp.experts.${expert_index}.gate_proj.weight", ""},
+      {Role::kMlpExpertUp, L "mlp.experts.${expert_index}.up_proj.weight", ""},
+      {Role::kMlpExpertDown, L "mlp.experts.${expert_index}.down_proj.weight", ""},
+      {Role::kSharedExpertGate, L "mlp.shared_expert.gate_proj.weight", B "ffn_gate_shexp.weight"},
+      {Role::kSharedExpertUp, L "mlp.shared_expert.up_proj.weight", B "ffn_up_shexp.weight"},
+      {Role::kSharedExpertDown, L "mlp.shared_expert.down_proj.weight", B "ffn_down_shexp.weight"},
+      {Role::kSharedExpertRouter, L "mlp.shared_expert_gate.weight", B "ffn_gate_inp_shexp.weight"},
   };
   return kRoles;
 }
@@ -60,6 +69,8 @@ const std::vector<ArchSpec>& specs() {
       {"MistralForCausalLM", "mistral", "llama", false, false, true},
       {"Qwen2ForCausalLM", "qwen2", "qwen2", true, false, false},
       {"MixtralForCausalLM", "mixtral", "llama", false, true, true},
+      // GGUF (llama.cpp's qwen2moe) needs expert_feed_forward_length keys: not written yet.
+      {"Qwen2MoeForCausalLM", "qwen2_moe", "qwen2moe", true, true, false, true, false},
   };
   return kArchSpecs;
 }
@@ -139,7 +150,7 @@ const ArchSpec* find_arch_spec(std::string_view architecture, std::string_view m
 
 const ArchSpec* find_arch_spec_gguf(std::string_view gguf_arch, bool moe) {
   for (const auto& a : specs()) {
-    if (a.gguf_arch == gguf_arch && a.moe == moe) return &a;
+    if (a.gguf && a.gguf_arch == gguf_arch && a.moe == moe) return &a;
   }
   return nullptr;
 }

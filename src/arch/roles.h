@@ -1,9 +1,9 @@
 // The one architecture table of the decoders amalgam runs and exports (Llama, Mistral, Qwen2,
-// Mixtral): every tensor role with its Hugging Face name, its GGUF name and whether llama.cpp
-// permutes its rows, plus per architecture its GGUF name and the config.json -> GGUF key map.
-// The merge tables (tables.cc), the inference engine (infer/arch.cc) and the GGUF writer
-// (gguf/export.cc) all read names from here; adding an architecture is one row of kArchSpecs
-// (and, when its tensors differ, rows of kRoles).
+// Mixtral; Qwen2-MoE is run, not yet exported): every tensor role with its Hugging Face name, its
+// GGUF name and whether llama.cpp permutes its rows, plus per architecture its GGUF name and the
+// config.json -> GGUF key map. The merge tables (tables.cc), the inference engine (infer/arch.cc)
+// and the GGUF writer (gguf/export.cc) all read names from here; adding an architecture is one row
+// of kArchSpecs (and, when its tensors differ, rows of kRoles).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +47,16 @@ enum class Role {
   kFusedRouter,
   kFusedExpertsGateUp,  // [E, 2I, D] -> ffn_gate_exps (rows [0, I)) and ffn_up_exps ([I, 2I))
   kFusedExpertsDown,    // [E, D, I]
+  // Qwen2-MoE: the router is mlp.gate.weight (kFusedRouter's name); per-expert tensors keep the
+  // dense MLP's names under mlp.experts.N (transformers 5 stacks them as the kFused* roles);
+  // one shared expert, always active, scaled by sigmoid(shared_expert_gate . x).
+  kMlpExpertGate,
+  kMlpExpertUp,
+  kMlpExpertDown,
+  kSharedExpertGate,
+  kSharedExpertUp,
+  kSharedExpertDown,
+  kSharedExpertRouter,  // (1, D)
 };
 
 // How llama.cpp's converter reorders the rows of a tensor for its "llama" architecture: within
@@ -90,6 +100,8 @@ struct ArchSpec {
   bool qkv_bias_required;         // Qwen2: q/k/v projections always have biases
   bool moe;                       // Mixtral: sparse mixture-of-experts feed-forward
   bool permute_qk;                // llama.cpp's llama arch: q/k rows interleaved (RowPermute)
+  bool shared_expert = false;     // Qwen2-MoE: a shared expert behind a sigmoid gate
+  bool gguf = true;               // amalgam converts it to and from GGUF
 };
 
 const std::vector<ArchSpec>& arch_specs();

@@ -1,5 +1,6 @@
-// amalgam moe CONFIG.yaml -o OUT: a Mixtral MoE from dense experts with mergekit-moe's config
-// (gate_mode hidden / cheap_embed / random / uniform_random, and calibrated).
+// amalgam moe CONFIG.yaml -o OUT: a Mixtral MoE (or a Qwen2-MoE, with a shared expert) from dense
+// experts with mergekit-moe's config (gate_mode hidden / cheap_embed / random / uniform_random,
+// and calibrated).
 #include <cmath>
 
 #include "cli/commands.h"
@@ -57,8 +58,10 @@ void run_moe(MoeArgs args) {
                  r.iterations);
     }
   }
-  core::info("{}: Mixtral MoE, {} experts, {} per token, gate_mode {}{}, {} of weights", args.out,
-             config.experts.size(), config.experts_per_token, moe::gate_mode_name(config.gate_mode),
+  const bool qwen = moe::output_arch(config) == moe::OutputArch::kQwen2Moe;
+  core::info("{}: {} MoE, {} experts{}, {} per token, gate_mode {}{}, {} of weights", args.out,
+             qwen ? "Qwen2" : "Mixtral", config.experts.size(), qwen ? " + 1 shared" : "",
+             config.experts_per_token, moe::gate_mode_name(config.gate_mode),
              args.fused ? ", fused layout" : "",
              core::human_bytes(static_cast<double>(report.weight_bytes)));
 }
@@ -68,7 +71,9 @@ void run_moe(MoeArgs args) {
 void register_moe(CLI::App& app) {
   auto args = std::make_shared<MoeArgs>();
   auto* cmd = app.add_subcommand(
-      "moe", "Build a Mixtral mixture of experts from dense models (mergekit-moe config)");
+      "moe",
+      "Build a Mixtral (or, with a shared expert, Qwen2-MoE) mixture of experts from dense models "
+      "(mergekit-moe config)");
   cmd->add_option("config", args->config, "MoE config (mergekit-moe YAML)")->required();
   cmd->add_option("out_dir", args->out_positional, "Output model directory (or -o)");
   cmd->add_option("-o,--out", args->out, "Output model directory");

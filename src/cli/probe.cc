@@ -1,7 +1,8 @@
 // amalgam embed MODEL[,MODEL...] --file ITEMS.jsonl -o OUT.safetensors [--pool last|mean]
-//   [--layer K]: hidden states per item, concatenated across models (Zhang & Bottou's CAT_n
-//   representations; LS-LLaMA's features), written as safetensors: features F32 (items, sum of
-//   hidden sizes) and labels I64 (items).
+//   [--layer K] [--unmasked]: hidden states per item, concatenated across models (Zhang &
+//   Bottou's CAT_n representations; LS-LLaMA's features), written as safetensors: features F32
+//   (items, sum of hidden sizes) and labels I64 (items). --unmasked: bidirectional attention
+//   (LS-unLLaMA: the decoder run without its causal mask).
 // amalgam probe TRAIN.safetensors --eval TEST.safetensors [--l2 X]: a linear probe (multinomial
 //   logistic regression with bias, the solver of the calibrated MoE router): accuracy and a
 //   confusion table.
@@ -37,6 +38,7 @@ struct EmbedArgs {
   std::string out;
   std::string pool = "last";
   int64_t layer = -1;  // -1: the final (normed) hidden state
+  bool unmasked = false;
   int threads = 0;
 };
 
@@ -79,6 +81,8 @@ std::vector<float> features(const infer::Model& m, const std::vector<int32_t>& i
   infer::Dumper dumper({name});
   infer::ForwardOptions o;
   o.dump = &dumper;
+  o.unmasked = a.unmasked;
+  if (a.unmasked) o.micro_batch = std::max<int64_t>(o.micro_batch, std::ssize(ids));
   infer::KVCache cache = m.new_cache();
   infer::Batch batch;
   batch.add_sequence(ids, 0, 0, layer == L);
@@ -146,8 +150,9 @@ void run_embed(const EmbedArgs& a) {
   }
   progress.finish();
   write_safetensors(a.out, x, n, d, labels);
-  core::info("{}: {} items x {} features ({} model(s), pool {}, layer {})", a.out, n, d,
-             models.size(), a.pool, a.layer < 0 ? std::string("final") : std::to_string(a.layer));
+  core::info("{}: {} items x {} features ({} model(s), pool {}, layer {}{})", a.out, n, d,
+             models.size(), a.pool, a.layer < 0 ? std::string("final") : std::to_string(a.layer),
+             a.unmasked ? ", unmasked" : "");
 }
 
 struct ProbeArgs {
@@ -239,6 +244,8 @@ void register_embed(CLI::App& app) {
   cmd->add_option("--pool", a->pool, "last (default) or mean over the tokens");
   cmd->add_option("--layer", a->layer,
                   "Input of layer K (0 = embeddings); default: the final normed state");
+  cmd->add_flag("--unmasked", a->unmasked,
+                "Bidirectional attention: no causal mask within an item (LS-unLLaMA)");
   add_threads_option(cmd, a->threads);
   cmd->callback([a] { run_embed(*a); });
 }

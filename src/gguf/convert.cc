@@ -116,11 +116,17 @@ ConversionPlan plan_conversion(const io::ModelConfig& c,
   plan.arch = arch::find_arch_spec(c.architecture, c.model_type);
   if (plan.arch == nullptr) {
     std::string known;
-    for (const auto& a : arch::arch_specs()) known += fmt::format(" {}", a.architecture);
+    for (const auto& a : arch::arch_specs()) {
+      if (a.gguf) known += fmt::format(" {}", a.architecture);
+    }
     fail(
         "config.json: architecture '{}' (model_type '{}') cannot be exported to GGUF; "
         "supported:{}",
         c.architecture, c.model_type, known);
+  }
+  if (!plan.arch->gguf) {
+    fail("config.json: architecture '{}' is run by amalgam but not yet exported to GGUF",
+         c.architecture);
   }
   bool has_output = false;
   for (const auto& [name, shape] : hf) {

@@ -99,13 +99,29 @@ class Resolver {
   std::set<std::string> used_;
 };
 
-void resolve_moe(Resolver& r, const io::ModelConfig& c, int64_t l, LayerWeights& layer) {
-  const int64_t D = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
+void resolve_moe(Resolver& r, const io::ModelConfig& c, const ArchInfo& arch, int64_t l,
+                 LayerWeights& layer) {
+  const int64_t D = c.hidden_size, E = c.num_experts;
+  const int64_t I = arch.shared_expert && c.moe_intermediate_size > 0 ? c.moe_intermediate_size
+                                                                      : c.intermediate_size;
+  const char* experts_key = arch.shared_expert ? "num_experts" : "num_local_experts";
   AMALGAM_CHECK(E > 0 && c.experts_per_token > 0 && c.experts_per_token <= E,
-                "config.json: MoE needs num_local_experts > 0 and 0 < num_experts_per_tok <= "
-                "num_local_experts (got {} and {})",
-                E, c.experts_per_token);
+                "config.json: MoE needs {0} > 0 and 0 < num_experts_per_tok <= {0} (got {1} and "
+                "{2})",
+                experts_key, E, c.experts_per_token);
+  AMALGAM_CHECK(I > 0, "config.json: the experts' intermediate size must be positive");
   layer.experts.resize(static_cast<size_t>(E));
+  layer.norm_topk = arch.shared_expert ? c.norm_topk_prob : true;
+  if (arch.shared_expert) {
+    const int64_t Is = c.shared_expert_intermediate_size;
+    AMALGAM_CHECK(Is > 0, "config.json: shared_expert_intermediate_size must be positive, got {}",
+                  Is);
+    layer.has_shared = true;
+    layer.shared.gate = r.matrix(hf_name(Role::kSharedExpertGate, l), Is, D);
+    layer.shared.up = r.matrix(hf_name(Role::kSharedExpertUp, l), Is, D);
+    layer.shared.down = r.matrix(hf_name(Role::kSharedExpertDown, l), D, Is);
+    layer.shared_gate = r.matrix(hf_name(Role::kSharedExpertRouter, l), 1, D);
+  }
   const std::string gu_name = hf_name(Role::kFusedExpertsGateUp, l);
   if (r.has(gu_name)) {
     // transformers 5: experts stacked, gate and up concatenated along the output dimension.
@@ -118,6 +134,14 @@ void resolve_moe(Resolver& r, const io::ModelConfig& c, int64_t l, LayerWeights&
       layer.experts[e].gate = both.slice_rows(0, I);
       layer.experts[e].up = both.slice_rows(I, I);
       layer.experts[e].down = weight_matrix_of_stack(down, e, down_name);
+    }
+  } else if (arch.shared_expert) {
+    // Qwen2-MoE, transformers 4: the dense MLP's names under mlp.experts.N.
+    layer.router = r.matrix(hf_name(Role::kFusedRouter, l), E, D);
+    for (int64_t e = 0; e < E; ++e) {
+      layer.experts[e].gate = r.matrix(hf_name(Role::kMlpExpertGate, l, e), I, D);
+      layer.experts[e].up = r.matrix(hf_name(Role::kMlpExpertUp, l, e), I, D);
+      layer.experts[e].down = r.matrix(hf_name(Role::kMlpExpertDown, l, e), D, I);
     }
   } else {
     layer.router = r.matrix(hf_name(Role::kRouter, l), E, D);
@@ -162,7 +186,7 @@ std::vector<int64_t> layer_windows(const io::ModelConfig& config) {
     return windows;
   }
   int64_t first = 0;
-  if (config.model_type == "qwen2") {
+  if (config.model_type == "qwen2" || config.model_type == "qwen2_moe") {
     // Qwen2 slides only in layers >= max_window_layers (transformers default 28).
     first = 28;
     if (raw.contains("max_window_layers") && raw["max_window_layers"].is_number_integer()) {
@@ -189,7 +213,11 @@ ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
   AMALGAM_CHECK(c.num_heads % c.num_kv_heads == 0,
                 "config.json: num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 c.num_heads, c.num_kv_heads);
-  AMALGAM_CHECK(arch.moe || c.intermediate_size > 0,
+  bool any_dense = !arch.moe;
+  for (int64_t l = 0; arch.moe && c.num_experts > 0 && l < c.num_layers; ++l) {
+    any_dense = any_dense || !io::is_sparse_layer(c, l);
+  }
+  AMALGAM_CHECK(!any_dense || c.intermediate_size > 0,
                 "config.json: intermediate_size must be positive");
   const int64_t D = c.hidden_size, H = c.num_heads, Hkv = c.num_kv_heads, d = c.head_dim;
   const int64_t I = c.intermediate_size;
@@ -226,8 +254,9 @@ ModelWeights resolve_weights(const io::ModelConfig& c, const ArchInfo& arch,
     layer.k = r.linear(Role::kAttnK, Role::kAttnKBias, l, Hkv * d, D, attn_bias);
     layer.v = r.linear(Role::kAttnV, Role::kAttnVBias, l, Hkv * d, D, attn_bias);
     layer.o = r.linear(Role::kAttnOut, Role::kAttnOutBias, l, D, H * d, o_bias);
-    if (arch.moe) {
-      resolve_moe(r, c, l, layer);
+    // num_experts <= 0 goes to resolve_moe, which names the key.
+    if (arch.moe && (c.num_experts <= 0 || io::is_sparse_layer(c, l))) {
+      resolve_moe(r, c, arch, l, layer);
     } else {
       layer.gate = r.linear(Role::kFfnGate, Role::kFfnGateBias, l, I, D, false);
       layer.up = r.linear(Role::kFfnUp, Role::kFfnUpBias, l, I, D, false);

@@ -1,8 +1,8 @@
 // Architectures as data: which config and tensor names a decoder uses, and the resolution of a
 // WeightMap (name -> view) into per-layer weights with every shape and dtype checked up front.
-// Llama, Mistral, Qwen2 and Mixtral share one block; they differ only in their rows
-// of arch/roles.h (mandatory q/k/v biases, MoE feed-forward) and in config values (sliding window,
-// tied embeddings, rope).
+// Llama, Mistral, Qwen2, Mixtral and Qwen2-MoE share one block; they differ only in their rows
+// of arch/roles.h (mandatory q/k/v biases, MoE feed-forward, shared expert) and in config values
+// (sliding window, tied embeddings, rope, which layers are sparse).
 #pragma once
 
 #include <map>
@@ -46,6 +46,10 @@ struct LayerWeights {
   Linear gate, up, down;        // dense feed-forward
   WeightMatrix router;          // (E, D), MoE only
   std::vector<Expert> experts;  // MoE only
+  bool norm_topk = true;        // top-k weights renormalised (Mixtral; Qwen2-MoE's norm_topk_prob)
+  bool has_shared = false;      // Qwen2-MoE: shared expert + its gate
+  Expert shared;                // (Is, D), (Is, D), (D, Is)
+  WeightMatrix shared_gate;     // (1, D): sigmoid(shared_gate . x) scales the shared expert
   int64_t window = 0;           // sliding-window size in tokens, 0 = full causal attention
 };
 

@@ -16,9 +16,17 @@ namespace {
 
 constexpr float kMasked = -std::numeric_limits<float>::infinity();
 
-bool visible(int32_t p, int32_t pj, int64_t window) {
-  return pj <= p && (window <= 0 || static_cast<int64_t>(p) - pj < window);
-}
+// Which cache entries a query sees: causal (pj <= p) or not, within the window (0 = none).
+struct Mask {
+  int64_t window = 0;
+  bool causal = true;
+
+  bool visible(int32_t p, int32_t pj) const {
+    const int64_t ahead = static_cast<int64_t>(p) - pj;
+    if (causal && ahead < 0) return false;
+    return window <= 0 || std::abs(ahead) < window;
+  }
+};
 
 // One query row: softmax over the visible scores, in place; returns 1 / sum of exponentials.
 // s (n): scores, masked ones already -inf.
@@ -38,14 +46,14 @@ float softmax_row(float* __restrict s, int64_t n) {
 
 // One token, one head, by loops over the visible entries. qh (d), out (d).
 void attend_one(const KVCache::Sequence& s, int64_t layer, int32_t p, const float* qh,
-                int64_t kv_offset, int64_t kvdim, int64_t d, int64_t window, float scale,
+                int64_t kv_offset, int64_t kvdim, int64_t d, Mask mask, float scale,
                 std::vector<float>& scores, float* out) {
   const float* K = s.k[layer].data() + kv_offset;
   const float* V = s.v[layer].data() + kv_offset;
   const int64_t entries = static_cast<int64_t>(s.pos.size());
   scores.resize(static_cast<size_t>(entries));
   for (int64_t j = 0; j < entries; ++j) {
-    if (!visible(p, s.pos[j], window)) {
+    if (!mask.visible(p, s.pos[j])) {
       scores[j] = kMasked;
       continue;
     }
@@ -79,8 +87,8 @@ constexpr int64_t kQueryBlock = 64;
 // rows: batch indices of the queries; q (n, H*d) of the batch; out likewise.
 void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* tokens,
                   const std::vector<int64_t>& rows, const float* q, int64_t head, int64_t qdim,
-                  int64_t kv_offset, int64_t kvdim, int64_t d, int64_t window, float scale,
-                  Scratch& w, float* out) {
+                  int64_t kv_offset, int64_t kvdim, int64_t d, Mask mask, float scale, Scratch& w,
+                  float* out) {
   const int64_t entries = static_cast<int64_t>(s.pos.size());
   for (size_t b0 = 0; b0 < rows.size(); b0 += kQueryBlock) {
     const int64_t m = std::min<int64_t>(kQueryBlock, static_cast<int64_t>(rows.size() - b0));
@@ -94,7 +102,12 @@ void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* t
     int64_t first = entries, last = 0;
     for (int64_t j = 0; j < entries; ++j) {
       const int32_t pj = s.pos[j];
-      if (pj <= max_p && (window <= 0 || static_cast<int64_t>(min_p) - pj < window)) {
+      // Visible to some query of the block (positions min_p .. max_p).
+      const bool seen =
+          mask.causal
+              ? pj <= max_p && (mask.window <= 0 || static_cast<int64_t>(min_p) - pj < mask.window)
+              : mask.visible(min_p, pj) || mask.visible(max_p, pj);
+      if (seen) {
         first = std::min(first, j);
         last = j + 1;
       }
@@ -115,7 +128,7 @@ void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* t
       float* row = &w.scores[i * span];
       const int32_t p = tokens[block[i]].pos;
       for (int64_t j = 0; j < span; ++j) {
-        if (!visible(p, s.pos[first + j], window)) row[j] = kMasked;
+        if (!mask.visible(p, s.pos[first + j])) row[j] = kMasked;
       }
       w.inv[i] = softmax_row(row, span);
     }
@@ -135,6 +148,7 @@ void attention(const AttentionShape& shape, const BatchToken* tokens, int64_t n,
   const int64_t H = shape.heads, d = shape.head_dim, group = H / shape.kv_heads;
   const int64_t qdim = H * d, kvdim = shape.kv_heads * d;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const Mask mask{shape.window, shape.causal};
   // Tokens grouped by sequence, in batch order.
   std::map<int32_t, std::vector<int64_t>> by_seq;
   for (int64_t t = 0; t < n; ++t) by_seq[tokens[t].seq].push_back(t);
@@ -165,10 +179,10 @@ void attention(const AttentionShape& shape, const BatchToken* tokens, int64_t n,
       const int64_t kv_offset = (task.head / group) * d;
       if (task.rows != nullptr) {
         attend_block(*task.seq, layer, tokens, *task.rows, q, task.head, qdim, kv_offset, kvdim, d,
-                     shape.window, scale, scratch, out);
+                     mask, scale, scratch, out);
       } else {
         attend_one(*task.seq, layer, tokens[task.token].pos, q + task.token * qdim + task.head * d,
-                   kv_offset, kvdim, d, shape.window, scale, scratch.scores,
+                   kv_offset, kvdim, d, mask, scale, scratch.scores,
                    out + task.token * qdim + task.head * d);
       }
     }

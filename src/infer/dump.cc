@@ -10,9 +10,9 @@ namespace amalgam::infer {
 
 const std::vector<std::string_view>& Dumper::known_tensors() {
   static const std::vector<std::string_view> names = {
-      "embd",   "attn_norm", "q",       "k",           "v",     "q_rope", "k_rope",
-      "attn",   "attn_out",  "ffn_inp", "ffn_norm",    "gate",  "up",     "ffn_act",
-      "router", "ffn_out",   "l_out",   "result_norm", "logits"};
+      "embd",   "attn_norm",   "q",       "k",        "v",           "q_rope", "k_rope",
+      "attn",   "attn_out",    "ffn_inp", "ffn_norm", "gate",        "up",     "ffn_act",
+      "router", "shared_gate", "ffn_out", "l_out",    "result_norm", "logits"};
   return names;
 }
 

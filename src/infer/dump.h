@@ -4,7 +4,8 @@
 //   embd, attn_norm.L, q.L, k.L, v.L (projections incl. bias, before RoPE), q_rope.L, k_rope.L,
 //   attn.L (heads concatenated, before o_proj), attn_out.L (after o_proj), ffn_inp.L (residual
 //   after attention), ffn_norm.L, gate.L, up.L, ffn_act.L (silu(gate)*up; dense only),
-//   router.L (router logits; MoE only), ffn_out.L, l_out.L (layer output), result_norm, logits.
+//   router.L (router logits; MoE only), shared_gate.L (shared-expert gate logit, before the
+//   sigmoid; Qwen2-MoE only), ffn_out.L, l_out.L (layer output), result_norm, logits.
 // Every tensor has one row per batch token (result_norm and logits: per token with logits).
 #pragma once
 

@@ -1,7 +1,7 @@
 // The decoder forward pass (transformers' LlamaModel / MistralModel / Qwen2Model /
-// MixtralModel semantics, llama.cpp's batch semantics). One function per stage, shapes in the
-// comments: n = tokens of the micro-batch, D = hidden, H/Hkv = query/kv heads, d = head_dim,
-// I = intermediate size, E = experts, V = vocab.
+// MixtralModel / Qwen2MoeModel semantics, llama.cpp's batch semantics). One function per stage,
+// shapes in the comments: n = tokens of the micro-batch, D = hidden, H/Hkv = query/kv heads, d =
+// head_dim, I = intermediate size, E = experts, V = vocab.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -50,6 +50,9 @@ ForwardResult Model::forward(const Batch& batch, KVCache& cache,
                 "KV cache was made for another model shape");
   AMALGAM_CHECK(options.micro_batch > 0, "micro_batch must be positive");
   const int64_t n = static_cast<int64_t>(batch.size());
+  AMALGAM_CHECK(!options.unmasked || n <= options.micro_batch,
+                "unmasked attention needs the whole batch ({} tokens) in one micro-batch ({})", n,
+                options.micro_batch);
   ForwardResult result;
   result.vocab = vocab_size();
   std::map<int32_t, int64_t> last_of_seq;
@@ -152,7 +155,8 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
       std::copy(&v[t * kvdim], &v[(t + 1) * kvdim], s.v[l].begin() + entry[t] * kvdim);
     }
     timed(prof, "attention", [&] {
-      attention({H, Hkv, d, lw.window}, tokens, n, q.data(), cache, l, att.data());
+      attention({H, Hkv, d, lw.window, !options.unmasked}, tokens, n, q.data(), cache, l,
+                att.data());
     });
     record(dump, "attn", l, att.data(), n, qdim);
     timed(prof, "o_proj", [&] { linear(lw.o, att.data(), n, out.data()); });
@@ -222,9 +226,25 @@ void Model::feed_forward_dense(const LayerWeights& lw, const float* h, int64_t n
   timed(prof, "down", [&] { linear(lw.down, g.data(), n, out); });
 }
 
+namespace {
+
+// expert (m, D) = (silu(x.Wg^T) * (x.Wu^T)) . Wd^T for m rows of x (m, D).
+void expert_mlp(const Expert& ex, const float* x, int64_t m, float* y) {
+  const int64_t I = ex.gate.rows;
+  std::vector<float> g(static_cast<size_t>(m * I)), u(static_cast<size_t>(m * I));
+  const MatmulJob jobs[] = {{ex.gate, g.data()}, {ex.up, u.data()}};
+  matmul_many(jobs, x, m);
+  silu_mul(g.data(), u.data(), m * I);
+  matmul(ex.down, g.data(), m, y);
+}
+
+}  // namespace
+
 // out (n, D) = sum over the top-k experts e of token t: w_e * expert_e(h_t), where
-// w = softmax(router logits) restricted to the top k and renormalised (Mixtral). Experts are
-// added in increasing index order for every token.
+// w = softmax(router logits) restricted to the top k, renormalised to sum 1 (Mixtral; Qwen2-MoE
+// when norm_topk_prob) or not (Qwen2-MoE's default); Qwen2-MoE adds
+// sigmoid(h_t . shared_gate) * shared_expert(h_t) (transformers' Qwen2MoeSparseMoeBlock).
+// Experts are added in increasing index order for every token, the shared expert last.
 void Model::feed_forward_moe(const LayerWeights& lw, const float* h, int64_t n, int64_t layer,
                              const ForwardOptions& options, float* out) const {
   Dumper* dump = options.dump;
@@ -252,27 +272,34 @@ void Model::feed_forward_moe(const LayerWeights& lw, const float* h, int64_t n, 
                      [&](int64_t a, int64_t b) { return prob[a] > prob[b]; });
     float top = 0.0f;
     for (int64_t i = 0; i < K; ++i) top += prob[order[i]];
+    if (!lw.norm_topk) top = 1.0f;
     for (int64_t i = 0; i < K; ++i) routed[order[i]].push_back({t, prob[order[i]] / top});
   }
   std::fill(out, out + n * D, 0.0f);
   for (int64_t e = 0; e < E; ++e) {
     const auto& assigned = routed[e];
     if (assigned.empty()) continue;
-    const Expert& ex = lw.experts[e];
-    const int64_t m = static_cast<int64_t>(assigned.size()), I = ex.gate.rows;
-    std::vector<float> xe(static_cast<size_t>(m * D)), g(static_cast<size_t>(m * I)),
-        u(static_cast<size_t>(m * I)), y(static_cast<size_t>(m * D));
+    const int64_t m = static_cast<int64_t>(assigned.size());
+    std::vector<float> xe(static_cast<size_t>(m * D)), y(static_cast<size_t>(m * D));
     for (int64_t i = 0; i < m; ++i)
       std::copy(h + assigned[i].first * D, h + (assigned[i].first + 1) * D, &xe[i * D]);
-    const MatmulJob jobs[] = {{ex.gate, g.data()}, {ex.up, u.data()}};
-    matmul_many(jobs, xe.data(), m);
-    silu_mul(g.data(), u.data(), m * I);
-    matmul(ex.down, g.data(), m, y.data());
+    expert_mlp(lw.experts[e], xe.data(), m, y.data());
     for (int64_t i = 0; i < m; ++i) {
       float* o = out + assigned[i].first * D;
       const float w = assigned[i].second;
       for (int64_t j = 0; j < D; ++j) o[j] += w * y[i * D + j];
     }
+  }
+  if (!lw.has_shared) return;
+  // shared (n, D) = sigmoid(h . Wsg^T) (n, 1) * expert_shared(h)
+  std::vector<float> gate(static_cast<size_t>(n)), y(static_cast<size_t>(n * D));
+  matmul(lw.shared_gate, h, n, gate.data());
+  record(dump, "shared_gate", layer, gate.data(), n, 1);
+  expert_mlp(lw.shared, h, n, y.data());
+  for (int64_t t = 0; t < n; ++t) {
+    const float w = 1.0f / (1.0f + std::exp(-gate[t]));
+    float* o = out + t * D;
+    for (int64_t j = 0; j < D; ++j) o[j] += w * y[t * D + j];
   }
 }
 

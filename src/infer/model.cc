@@ -54,6 +54,10 @@ uint64_t Model::weight_bytes_per_token() const {
     } else {
       total += bytes(l.router);
       for (const auto& e : l.experts) total += bytes(e.gate) + bytes(e.up) + bytes(e.down);
+      if (l.has_shared) {
+        total +=
+            bytes(l.shared_gate) + bytes(l.shared.gate) + bytes(l.shared.up) + bytes(l.shared.down);
+      }
     }
   }
   return total;

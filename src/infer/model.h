@@ -40,6 +40,10 @@ struct ForwardOptions {
   // MoE models, for tests and debugging: >= 0 sends every token to this expert with weight 1,
   // whatever the router says (a MoE built from dense experts then computes that expert).
   int64_t force_expert = -1;
+  // Bidirectional attention (LS-unLLaMA): every token attends to every cache entry of its
+  // sequence, later positions included. The whole batch must fit in one micro-batch (a later
+  // token is visible only once it is in the cache).
+  bool unmasked = false;
 };
 
 struct ForwardResult {

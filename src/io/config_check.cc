@@ -51,11 +51,17 @@ const std::string* find_suffix(const std::vector<std::string>& names, const std:
 std::optional<std::string> config_tensor_mismatch(const ModelConfig& c,
                                                   const TensorShapes& tensors) {
   const std::pair<const char*, int64_t> counts[] = {
-      {"num_hidden_layers", c.num_layers},      {"hidden_size", c.hidden_size},
-      {"num_attention_heads", c.num_heads},     {"num_key_value_heads", c.num_kv_heads},
-      {"head_dim", c.head_dim},                 {"intermediate_size", c.intermediate_size},
-      {"vocab_size", c.vocab_size},             {"num_local_experts", c.num_experts},
-      {"num_experts_per_tok", c.experts_per_token}};
+      {"num_hidden_layers", c.num_layers},
+      {"hidden_size", c.hidden_size},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"intermediate_size", c.intermediate_size},
+      {"vocab_size", c.vocab_size},
+      {"num_local_experts", c.num_experts},
+      {"num_experts_per_tok", c.experts_per_token},
+      {"moe_intermediate_size", c.moe_intermediate_size},
+      {"shared_expert_intermediate_size", c.shared_expert_intermediate_size}};
   for (const auto& [key, value] : counts) {
     if (value < 0 || value > kMaxCount) {
       return fmt::format("{} = {} is out of range (0 to {})", key, value, kMaxCount);
@@ -151,7 +157,8 @@ std::optional<std::string> config_tensor_mismatch(const ModelConfig& c,
     }
     const int64_t present = !experts.empty() ? static_cast<int64_t>(experts.size()) : stacked;
     if (present >= 0 && present != c.num_experts) {
-      return fmt::format("num_local_experts = {} but the first layer holds {} expert(s)",
+      return fmt::format("{} = {} but the first layer holds {} expert(s)",
+                         c.model_type == "qwen2_moe" ? "num_experts" : "num_local_experts",
                          c.num_experts, present);
     }
   }

@@ -71,6 +71,31 @@ void read_rope(const ordered_json& j, RopeConfig& rope) {
   rope.partial_rotary_factor = get_double(p, "partial_rotary_factor", 1.0);
 }
 
+// transformers' Qwen2MoeConfig keys, with its defaults where a key is absent.
+void read_qwen2_moe(const ordered_json& j, ModelConfig& c) {
+  c.num_experts = get_int(j, "num_experts", 60);
+  c.experts_per_token = get_int(j, "num_experts_per_tok", 4);
+  c.moe_intermediate_size = get_int(j, "moe_intermediate_size", 1408);
+  c.shared_expert_intermediate_size = get_int(j, "shared_expert_intermediate_size", 5632);
+  c.decoder_sparse_step = get_int(j, "decoder_sparse_step", 1);
+  if (c.decoder_sparse_step < 1) {
+    fail("config key 'decoder_sparse_step' must be at least 1, got {}", c.decoder_sparse_step);
+  }
+  c.norm_topk_prob = false;
+  if (j.contains("norm_topk_prob") && !j["norm_topk_prob"].is_null()) {
+    if (!j["norm_topk_prob"].is_boolean()) fail("config key 'norm_topk_prob' must be a boolean");
+    c.norm_topk_prob = j["norm_topk_prob"].get<bool>();
+  }
+  if (j.contains("mlp_only_layers") && !j["mlp_only_layers"].is_null()) {
+    const auto& m = j["mlp_only_layers"];
+    if (!m.is_array()) fail("config key 'mlp_only_layers' must be a list of layer indices");
+    for (const auto& v : m) {
+      if (!v.is_number()) fail("config key 'mlp_only_layers' must be a list of layer indices");
+      c.mlp_only_layers.push_back(integer(v, "mlp_only_layers"));
+    }
+  }
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const ordered_json& j, const std::string& where) {
@@ -96,12 +121,18 @@ ModelConfig parse_model_config(const ordered_json& j, const std::string& where) 
     c.tie_word_embeddings = j.value("tie_word_embeddings", false);
     c.attention_bias = j.value("attention_bias", c.model_type == "qwen2");
     // Mistral/Qwen2 configs carry sliding_window even when unused; Qwen2 gates it.
+    const bool qwen2 = c.model_type == "qwen2" || c.model_type == "qwen2_moe";
     if (j.contains("sliding_window") && j["sliding_window"].is_number()) {
-      bool enabled = !(c.model_type == "qwen2") || j.value("use_sliding_window", false);
+      bool enabled = !qwen2 || j.value("use_sliding_window", false);
       if (enabled) c.sliding_window = integer(j["sliding_window"], "sliding_window");
     }
-    c.num_experts = get_int(j, "num_local_experts", 0);
-    c.experts_per_token = get_int(j, "num_experts_per_tok", 0);
+    if (c.model_type == "qwen2_moe") {
+      c.attention_bias = true;  // Qwen2-MoE's q/k/v projections always have biases
+      read_qwen2_moe(j, c);
+    } else {
+      c.num_experts = get_int(j, "num_local_experts", 0);
+      c.experts_per_token = get_int(j, "num_experts_per_tok", 0);
+    }
     if (j.contains("dtype") && j["dtype"].is_string()) c.dtype = j["dtype"];
     else if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.dtype = j["torch_dtype"];
     if (j.contains("bos_token_id") && j["bos_token_id"].is_number()) {
@@ -122,6 +153,15 @@ ModelConfig parse_model_config(const ordered_json& j, const std::string& where) 
     fail("{}: {}", where, e.what());
   }
   return c;
+}
+
+bool is_sparse_layer(const ModelConfig& c, int64_t layer) {
+  if (c.num_experts <= 0) return false;
+  if (std::find(c.mlp_only_layers.begin(), c.mlp_only_layers.end(), layer) !=
+      c.mlp_only_layers.end()) {
+    return false;
+  }
+  return (layer + 1) % c.decoder_sparse_step == 0;
 }
 
 ModelConfig read_model_config(const fs::path& model_dir) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace amalgam::io {
 
@@ -45,12 +46,25 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (Qwen2 has them regardless of this key)
   std::optional<int64_t> sliding_window;
-  int64_t num_experts = 0;  // Mixtral num_local_experts; 0 for dense
+  int64_t num_experts = 0;  // Mixtral num_local_experts, Qwen2-MoE num_experts; 0 for dense
   int64_t experts_per_token = 0;
+  // Qwen2-MoE (qwen2_moe): routed experts of moe_intermediate_size, one shared expert of
+  // shared_expert_intermediate_size behind a sigmoid gate; layer l is sparse when it is not in
+  // mlp_only_layers and (l + 1) % decoder_sparse_step == 0 (else a dense MLP of
+  // intermediate_size). norm_topk_prob: top-k weights renormalised to sum 1 (Mixtral always).
+  int64_t moe_intermediate_size = 0;  // 0: intermediate_size
+  int64_t shared_expert_intermediate_size = 0;
+  int64_t decoder_sparse_step = 1;
+  std::vector<int64_t> mlp_only_layers;
+  bool norm_topk_prob = true;
   std::string dtype;  // torch name as written in the file ("bfloat16"), empty if absent
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
 };
+
+// Whether layer l has a sparse (mixture-of-experts) feed-forward: every layer of a Mixtral, the
+// layers Qwen2-MoE's decoder_sparse_step and mlp_only_layers select, none of a dense model.
+bool is_sparse_layer(const ModelConfig& config, int64_t layer);
 
 ModelConfig parse_model_config(const nlohmann::ordered_json& j, const std::string& where);
 // Reads model_dir/config.json and adds generation_config.json's eos_token_id(s) to

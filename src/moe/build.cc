@@ -59,12 +59,23 @@ BuildReport build_moe(const MoeConfig& config, const fs::path& out, const BuildO
   const MoeAssembler assembler(config, ao);
   const io::ModelConfig& bc = assembler.base_config();
   const int64_t L = bc.num_layers, E = assembler.experts(), D = bc.hidden_size;
+  const bool qwen = assembler.output_arch() == OutputArch::kQwen2Moe;
+  if (qwen && (E & (E - 1)) != 0) {
+    core::warn("the Qwen MoE has {} experts, not a power of two; llama.cpp will not run it", E);
+  }
+  // Router rows: the routed experts, then the shared expert's gate (mergekit's order).
+  std::vector<ExpertConfig> gated = config.experts;
+  if (qwen) gated.push_back(config.shared_experts[0]);
   // Calibration files are read before any computation so that a bad one fails fast.
   if (config.gate_mode == GateMode::kCalibrated) {
     for (const ExpertConfig& e : config.experts) calibration_texts(e);
+    const auto& bos = config.calibration.bos_experts;
+    if (bos.size() > 1 && static_cast<int64_t>(bos.size()) != L) {
+      fail("{}: calibration.bos lists {} experts for {} layers", config.where, bos.size(), L);
+    }
   }
   BuildReport report;
-  GateVectors gates(L, E, D);
+  GateVectors gates(L, assembler.gate_rows(), D);
   std::unique_ptr<tokenizer::Tokenizer> tok;
   if (config.gate_mode != GateMode::kRandom && config.gate_mode != GateMode::kUniformRandom) {
     tok = std::make_unique<tokenizer::Tokenizer>(
@@ -72,8 +83,8 @@ BuildReport build_moe(const MoeConfig& config, const fs::path& out, const BuildO
   }
   if (config.gate_mode == GateMode::kHidden || config.gate_mode == GateMode::kCheapEmbed) {
     const std::unique_ptr<infer::Model> base = infer::load_model(config.base_model);
-    gates = config.gate_mode == GateMode::kHidden ? hidden_gates(*base, *tok, config.experts)
-                                                  : cheap_embed_gates(*base, *tok, config.experts);
+    gates = config.gate_mode == GateMode::kHidden ? hidden_gates(*base, *tok, gated)
+                                                  : cheap_embed_gates(*base, *tok, gated);
     report.condition_numbers = condition_numbers(gates);
     for (int64_t l = 0; l < L; ++l) {
       if (report.condition_numbers[l] > kConditionWarning) {
@@ -85,7 +96,15 @@ BuildReport build_moe(const MoeConfig& config, const fs::path& out, const BuildO
     }
   } else if (config.gate_mode == GateMode::kRandom ||
              config.gate_mode == GateMode::kUniformRandom) {
-    gates = random_gates(L, E, D, config.gate_mode == GateMode::kUniformRandom, options.seed);
+    gates = random_gates(L, assembler.gate_rows(), D, config.gate_mode == GateMode::kUniformRandom,
+                         options.seed);
+  } else if (qwen) {
+    // calibrated: the routed rows are fitted below; the shared expert's gate is `hidden`'s row.
+    const std::unique_ptr<infer::Model> base = infer::load_model(config.base_model);
+    const GateVectors shared = hidden_gates(*base, *tok, {config.shared_experts[0]});
+    for (int64_t l = 0; l < L; ++l) {
+      std::copy(shared.row(l, 0), shared.row(l, 0) + D, gates.row(l, E));
+    }
   }
   core::StagedDirectory staged(out, options.force);
   merge::CheckpointSink disk(staged.path(), options.max_shard_bytes);

@@ -244,7 +244,15 @@ std::vector<LayerCalibration> calibrate_routers(const io::ModelConfig& moe_confi
   const uint64_t steps = static_cast<uint64_t>((cal.bos_auto ? E * L * (L + 1) / 2 : 0) + L);
   core::ProgressBar progress("calibrate routers", steps, "fits");
   for (int64_t l = 0; l < L; ++l) {
+    // bos: N (every layer) or [N0, N1, ...] (per layer).
     int32_t bos = -1;
+    if (!cal.bos_experts.empty()) {
+      if (cal.bos_experts.size() != 1 && static_cast<int64_t>(cal.bos_experts.size()) != L) {
+        fail("{}: calibration.bos lists {} experts for {} layers", config.where,
+             cal.bos_experts.size(), L);
+      }
+      bos = cal.bos_experts[cal.bos_experts.size() == 1 ? 0 : static_cast<size_t>(l)];
+    }
     if (cal.bos_auto) {
       // Each candidate: layer l's BOS to expert k, the layers above fitted without BOS, scored
       // by the held-out next-token nll of the whole MoE.

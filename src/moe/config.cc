@@ -2,12 +2,13 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
 #include <cmath>
 #include <set>
 
 #include "core/error.h"
-#include "core/yaml_guard.h"
 #include "core/fs.h"
+#include "core/yaml_guard.h"
 #include "recipe/diagnostics.h"
 #include "recipe/yaml_reader.h"
 
@@ -154,9 +155,28 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
             fail_at(where, a, "{} must be in [0, 1)", p);
           }
         } else if (k == "bos") {
-          const std::string b = r.string(v, p);
-          if (b != "auto" && b != "none") fail_at(where, a, "{} must be auto or none", p);
-          c.calibration.bos_auto = b == "auto";
+          auto index = [&](const YAML::Node& n, const std::string& path) {
+            const int64_t e = n.IsScalar() && n.Scalar() != "auto" && n.Scalar() != "none"
+                                  ? r.integer(n, path)
+                                  : -1;
+            if (e < 0 || e > 9999) {
+              fail_at(where, YamlReader::location(n),
+                      "{} must be auto, none, an expert's index or "
+                      "a list of indices (one per layer)",
+                      p);
+            }
+            return static_cast<int32_t>(e);
+          };
+          if (v.IsSequence()) {
+            const auto items = r.sequence(v, p, "a list of expert indices");
+            for (size_t i = 0; i < items.size(); ++i) {
+              c.calibration.bos_experts.push_back(index(items[i], fmt::format("{}[{}]", p, i)));
+            }
+          } else if (v.IsScalar() && (v.Scalar() == "auto" || v.Scalar() == "none")) {
+            c.calibration.bos_auto = v.Scalar() == "auto";
+          } else {
+            c.calibration.bos_experts.push_back(index(v, p));
+          }
         } else if (k == "max_iterations") {
           c.calibration.max_iterations = r.integer(v, p);
           if (c.calibration.max_iterations < 1) fail_at(where, a, "{} must be positive", p);
@@ -172,9 +192,35 @@ MoeConfig read_moe_config(const std::string& path) {
   return parse_moe_config(core::read_text_file(path), path);
 }
 
+namespace {
+
+std::string lower(std::string s) {
+  for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+// mergekit's output architectures, in its order, and whether `architecture:` names each.
+bool names(const MoeConfig& c, std::string_view arch_name) {
+  return lower(std::string(arch_name)).starts_with(lower(c.architecture));
+}
+
+}  // namespace
+
+OutputArch output_arch(const MoeConfig& c) {
+  if (!c.architecture.empty() && !names(c, "mixtral")) return OutputArch::kQwen2Moe;
+  if (c.architecture.empty() && !c.shared_experts.empty()) return OutputArch::kQwen2Moe;
+  return OutputArch::kMixtral;
+}
+
 void validate(const MoeConfig& c, bool allow_same_model) {
   const std::string& w = c.where;
   if (c.experts.empty()) fail("{}: no experts: list at least one under 'experts'", w);
+  for (int32_t e : c.calibration.bos_experts) {
+    if (e >= static_cast<int64_t>(c.experts.size())) {
+      fail("{}: calibration.bos names expert {} but the experts are numbered 0 to {}", w, e,
+           c.experts.size() - 1);
+    }
+  }
   if (c.experts_per_token < 1) {
     fail("{}: experts_per_token must be at least 1, got {}", w, c.experts_per_token);
   }
@@ -182,12 +228,38 @@ void validate(const MoeConfig& c, bool allow_same_model) {
     fail("{}: experts_per_token is {} but only {} experts are listed", w, c.experts_per_token,
          c.experts.size());
   }
-  if (!c.architecture.empty() && c.architecture != "mixtral") {
-    fail("{}: architecture '{}': amalgam writes Mixtral MoEs only (architecture: mixtral)", w,
+  // mergekit's output architectures are Mixtral, DeepSeek MoE, Qwen MoE and Qwen3 MoE;
+  // amalgam writes the first and the third.
+  if (!c.architecture.empty() && !names(c, "mixtral") && !names(c, "qwen moe")) {
+    fail(
+        "{}: architecture '{}': amalgam writes 'mixtral' (no shared experts) and 'qwen' (Qwen MoE, "
+        "one shared expert); mergekit's DeepSeek and Qwen3 MoE outputs are not written",
+        w, c.architecture);
+  }
+  if (output_arch(c) == OutputArch::kMixtral && !c.shared_experts.empty()) {
+    fail("{}: architecture '{}': Mixtral has no shared experts (use architecture: qwen)", w,
          c.architecture);
   }
-  if (!c.shared_experts.empty()) {
-    fail("{}: shared_experts need the Qwen2-MoE output, which amalgam does not write yet", w);
+  if (output_arch(c) == OutputArch::kQwen2Moe) {
+    if (c.shared_experts.size() != 1) {
+      fail("{}: the Qwen MoE output needs exactly one entry under shared_experts, got {}", w,
+           c.shared_experts.size());
+    }
+    // mergekit's Qwen MoE refuses a shared expert without prompts (unless gate_mode random) and
+    // then picks its DeepSeek output, which amalgam does not write.
+    const ExpertConfig& s = c.shared_experts[0];
+    if (c.gate_mode != GateMode::kRandom && s.positive_prompts.empty()) {
+      fail(
+          "{}: shared_experts[0] ({}) has no positive_prompts; the Qwen MoE's shared-expert gate "
+          "needs them (gate_mode {})",
+          w, s.source_model, gate_mode_name(c.gate_mode));
+    }
+    if (!s.calibration_data.empty()) {
+      fail(
+          "{}: shared_experts[0].calibration_data: the shared expert is always active; its gate "
+          "comes from its prompts",
+          w);
+    }
   }
   // mergekit exempts only `random`; calibrated may take its text from calibration_data instead.
   if (c.gate_mode != GateMode::kRandom) {

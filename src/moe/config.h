@@ -12,6 +12,10 @@ namespace amalgam::moe {
 
 enum class GateMode { kHidden, kCheapEmbed, kRandom, kUniformRandom, kCalibrated };
 
+// The checkpoint written: Mixtral (no shared expert) or Qwen2-MoE (one shared expert behind a
+// sigmoid gate), chosen as mergekit-moe chooses (moe/config.cc).
+enum class OutputArch { kMixtral, kQwen2Moe };
+
 std::string_view gate_mode_name(GateMode mode);
 
 struct ExpertConfig {
@@ -32,12 +36,15 @@ struct CalibrationConfig {
   // bos: auto: choose where BOS goes per layer by held-out nll (moe/calibrate.h); bos: none
   // (default): BOS states are left out of the fit.
   bool bos_auto = false;
+  // bos: N: BOS states labelled with expert N (its index under `experts`) in every layer;
+  // bos: [N0, N1, ...]: expert N_l in layer l (one entry per layer).
+  std::vector<int32_t> bos_experts;
 };
 
 struct MoeConfig {
   std::string where;  // the file, for messages
   std::string base_model;
-  std::string architecture;  // "" or "mixtral"
+  std::string architecture;  // "", or a prefix of mergekit's "mixtral" / "qwen moe"
   GateMode gate_mode = GateMode::kHidden;
   std::string dtype;  // torch name; "" = the base's
   int64_t experts_per_token = 2;
@@ -51,7 +58,13 @@ MoeConfig read_moe_config(const std::string& path);
 
 // mergekit's rules: experts present, 1 <= experts_per_token <= experts, prompts for every expert
 // unless gate_mode is random, prompt sets not all identical, experts not all the same model
-// (unless allow_same_model), and the output architectures amalgam writes.
+// (unless allow_same_model), and the output architectures amalgam writes: Mixtral without
+// shared experts, Qwen MoE with exactly one shared expert that has prompts (unless random).
 void validate(const MoeConfig& config, bool allow_same_model);
+
+// The output architecture of a valid config: `architecture:` when given (mergekit matches it as
+// a case-insensitive prefix of "Mixtral", "Qwen MoE"), else Qwen MoE when a shared expert is
+// listed, else Mixtral.
+OutputArch output_arch(const MoeConfig& config);
 
 }  // namespace amalgam::moe
