@@ -74,6 +74,24 @@ std::optional<std::string> token_content(const Json& cfg, const char* key) {
   return std::nullopt;
 }
 
+// The `single` template of the post-processor (TemplateProcessing, alone or inside a Sequence),
+// when it has one and it is a non-empty array.
+const Json* template_single(const Json& tok) {
+  if (!tok.contains("post_processor")) return nullptr;
+  const Json& post = tok["post_processor"];
+  std::vector<const Json*> steps = {&post};
+  if (is_type(post, "Sequence") && post.contains("processors") && post["processors"].is_array()) {
+    steps.clear();
+    for (const auto& p : post["processors"]) steps.push_back(&p);
+  }
+  for (const Json* p : steps) {
+    if (!is_type(*p, "TemplateProcessing") || !p->contains("single")) continue;
+    const Json& single = (*p)["single"];
+    if (single.is_array() && !single.empty()) return &single;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 std::optional<std::string> pre_tokenizer_name(const Json& tok) {
@@ -252,15 +270,15 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
   if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) {
     add_eos = cfg["add_eos_token"].get<bool>();
   }
-  if (tok.contains("post_processor") && is_type(tok["post_processor"], "TemplateProcessing")) {
-    const Json& single = tok["post_processor"]["single"];
-    if (single.is_array() && !single.empty()) {
-      if (!add_bos) add_bos = single.front().contains("SpecialToken");
-      if (!add_eos) add_eos = single.back().contains("SpecialToken");
-    }
+  if (const Json* single = template_single(tok)) {
+    if (!add_bos) add_bos = single->front().contains("SpecialToken");
+    if (!add_eos) add_eos = single->back().contains("SpecialToken");
   }
-  if (add_bos) m.emplace_back("tokenizer.ggml.add_bos_token", Value::boolean(*add_bos));
-  if (add_eos) m.emplace_back("tokenizer.ggml.add_eos_token", Value::boolean(*add_eos));
+  // Always written: without the keys llama.cpp applies its own default per pre-tokenizer (a BOS
+  // for llama-bpe and the SentencePiece model), which a tokenizer.json without a template that
+  // adds one (npm's Llama 3 tokenizer) does not do.
+  m.emplace_back("tokenizer.ggml.add_bos_token", Value::boolean(add_bos.value_or(false)));
+  m.emplace_back("tokenizer.ggml.add_eos_token", Value::boolean(add_eos.value_or(false)));
   if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
     m.emplace_back("tokenizer.chat_template", Value::str(cfg["chat_template"].get<std::string>()));
   }
