@@ -4,6 +4,7 @@
 
 #include <map>
 #include <regex>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -181,6 +182,32 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
     }
   }
 
+  std::vector<std::pair<std::string, std::string>> merges;
+  if (model.contains("merges") && model["merges"].is_array()) {
+    for (const auto& mg : model["merges"]) {
+      if (mg.is_string() && mg.get<std::string>().find(' ') != std::string::npos) {
+        const std::string t = mg.get<std::string>();
+        merges.emplace_back(t.substr(0, t.find(' ')), t.substr(t.find(' ') + 1));
+      } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+        merges.emplace_back(mg[0].get<std::string>(), mg[1].get<std::string>());
+      } else {
+        fail("{}: merge {} is neither \"a b\" nor [a, b]", where, mg.dump());
+      }
+    }
+  }
+  // llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined text is the token
+  // with the highest score, where Hugging Face's BPE applies the merge of lowest rank: a token's
+  // score is minus the rank of the merge that makes it. Tokens no merge makes come after all
+  // merges, by id. (Scores of -id would rank "▁▁" before "▁S", which tokenizer.json does not.)
+  std::unordered_map<std::string, size_t> merge_rank;
+  if (spm) {
+    for (size_t r = 0; r < merges.size(); ++r) {
+      std::string j = merges[r].first;
+      j.append(merges[r].second);
+      merge_rank.try_emplace(std::move(j), r);
+    }
+  }
+
   std::vector<std::string> tokens;
   std::vector<double> types, scores;
   tokens.reserve(static_cast<size_t>(vocab_size));
@@ -198,7 +225,12 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
     }
     std::string text = it->second;
     double type = kNormal;
-    double score = spm ? -static_cast<double>(id) : 0.0;
+    double score = 0.0;
+    if (spm) {
+      const auto r = merge_rank.find(text);
+      score = -static_cast<double>(r != merge_rank.end() ? r->second
+                                                         : merges.size() + static_cast<size_t>(id));
+    }
     if (auto a = added.find(id); a != added.end()) {
       const bool special = a->second->value("special", false);
       if (spm) {
@@ -209,10 +241,16 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
         type = kControl;
       } else {
         // llama.cpp expects user-defined tokens pre-normalised: "▁" as a space.
-        for (size_t p = text.find("\xe2\x96\x81"); p != std::string::npos;
-             p = text.find("\xe2\x96\x81", p)) {
-          text.replace(p, 3, " ");
+        std::string spaced;
+        for (size_t p = 0; p < text.size();) {
+          if (text.compare(p, 3, "\xe2\x96\x81") == 0) {
+            spaced.push_back(' ');
+            p += 3;
+          } else {
+            spaced.push_back(text[p++]);
+          }
         }
+        text = std::move(spaced);
         type = kUserDefined;
       }
     } else if (spm && std::regex_match(text, byte_token)) {
@@ -233,18 +271,16 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
   m.emplace_back("tokenizer.ggml.tokens", Value::string_array(std::move(tokens)));
   if (spm) m.emplace_back("tokenizer.ggml.scores", Value::number_array(ValueType::kF32, scores));
   m.emplace_back("tokenizer.ggml.token_type", Value::number_array(ValueType::kI32, types));
-  if (!spm && model.contains("merges") && model["merges"].is_array()) {
-    std::vector<std::string> merges;
-    for (const auto& mg : model["merges"]) {
-      if (mg.is_string()) {
-        merges.push_back(mg.get<std::string>());
-      } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
-        merges.push_back(mg[0].get<std::string>() + " " + mg[1].get<std::string>());
-      } else {
-        fail("{}: merge {} is neither \"a b\" nor [a, b]", where, mg.dump());
-      }
+  if (!spm && !merges.empty()) {
+    std::vector<std::string> joined;
+    joined.reserve(merges.size());
+    for (const auto& [a, b] : merges) {
+      std::string j;
+      j.reserve(a.size() + 1 + b.size());
+      j.append(a).append(1, ' ').append(b);
+      joined.push_back(std::move(j));
     }
-    m.emplace_back("tokenizer.ggml.merges", Value::string_array(std::move(merges)));
+    m.emplace_back("tokenizer.ggml.merges", Value::string_array(std::move(joined)));
   }
   // Special ids: tokenizer_config.json names them; config.json's ids fill the gaps.
   auto special = [&](const char* cfg_key, const char* gguf_key, std::optional<int64_t> fallback) {
