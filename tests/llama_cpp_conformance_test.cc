@@ -409,9 +409,16 @@ std::optional<Ppl> llama_perplexity(const fs::path& gguf, const fs::path& text,
   // Up to 16 sequences per batch, fewer for large vocabularies: llama-perplexity keeps the
   // logits of a whole batch (batch x vocab floats).
   const int64_t seqs = std::clamp<int64_t>(16'000'000 / (kCtx * vocab_size(gguf)), 1, 16);
-  const Output r = shell(quoted(tool("llama-perplexity")) + " -m " + quoted(gguf) + " -f " +
-                         quoted(text) + " -c " + std::to_string(kCtx) + " -b " +
-                         std::to_string(kCtx * seqs) + " -t 2 2>&1");
+  const std::string command = quoted(tool("llama-perplexity")) + " -m " + quoted(gguf) + " -f " +
+                              quoted(text) + " -c " + std::to_string(kCtx) + " -b " +
+                              std::to_string(kCtx * seqs) + " -t 2 2>&1";
+  // llama.cpp's asynchronous logger now and then loses the end of its output at exit (status 0,
+  // no results printed): such a run is repeated, up to three times.
+  Output r;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    r = shell(command);
+    if (r.code != 0 || r.out.find("calculating perplexity over") != std::string::npos) break;
+  }
   // The running value after the last chunk ("[N]7.3427,") is the final estimate; the
   // "Final estimate" line itself is sometimes lost by the logger at exit.
   static const std::regex chunks_re("calculating perplexity over ([0-9]+) chunks");
