@@ -111,10 +111,11 @@ int main(int argc, char** argv) {
     }
 
     const unsigned cores = std::max(1u, static_cast<unsigned>(::sysconf(_SC_NPROCESSORS_ONLN)));
-    fmt::print("input: {:.2f} GB bf16 in {} shards, {} cores, threads {}, load average {} before "
-               "/ {} after\n\n",
-               static_cast<double>(in_bytes) / 1e9, shards.size(), cores,
-               threads.empty() ? "all" : threads, load_before, bench::load_average());
+    fmt::print(
+        "input: {:.2f} GB bf16 in {} shards, {} cores, threads {}, load average {} before "
+        "/ {} after\n\n",
+        static_cast<double>(in_bytes) / 1e9, shards.size(), cores,
+        threads.empty() ? "all" : threads, load_before, bench::load_average());
     fmt::print(
         "| type | output GB | I/O floor s | wall s (best of {}) | x floor | CPU s (user+sys) | "
         "peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|\n",

@@ -248,20 +248,19 @@ TEST(GgufTokenizer, AddBosWrittenAsTheTokenizerBehaves) {
 // makes score below every merge. Here "▁▁" has a smaller id than "▁S" but a later merge.
 TEST(GgufTokenizer, SentencePieceScoresFollowMergeRanks) {
   const std::string u = "\xe2\x96\x81";  // ▁
-  const nlohmann::json vocab = {{"<unk>", 0}, {"<s>", 1},     {"</s>", 2},   {"<0x41>", 3},
-                                {u, 4},       {"S", 5},       {u + u, 6},    {u + "S", 7},
+  const nlohmann::json vocab = {{"<unk>", 0}, {"<s>", 1},   {"</s>", 2}, {"<0x41>", 3},
+                                {u, 4},       {"S", 5},     {u + u, 6},  {u + "S", 7},
                                 {"o", 8},     {u + "So", 9}};
-  const nlohmann::json tok = {
-      {"model",
-       {{"type", "BPE"},
-        {"byte_fallback", true},
-        {"unk_token", "<unk>"},
-        {"vocab", vocab},
-        {"merges", {u + " S", u + "S o", u + " " + u}}}},
-      {"added_tokens",
-       {{{"id", 0}, {"content", "<unk>"}, {"special", true}},
-        {{"id", 1}, {"content", "<s>"}, {"special", true}},
-        {{"id", 2}, {"content", "</s>"}, {"special", true}}}}};
+  const nlohmann::json tok = {{"model",
+                               {{"type", "BPE"},
+                                {"byte_fallback", true},
+                                {"unk_token", "<unk>"},
+                                {"vocab", vocab},
+                                {"merges", {u + " S", u + "S o", u + " " + u}}}},
+                              {"added_tokens",
+                               {{{"id", 0}, {"content", "<unk>"}, {"special", true}},
+                                {{"id", 1}, {"content", "<s>"}, {"special", true}},
+                                {{"id", 2}, {"content", "</s>"}, {"special", true}}}}};
   TempDir dir;
   fs::copy(zoo("base"), dir / "m");
   testing::write_file(dir / "m" / "tokenizer.json", tok.dump());
@@ -272,9 +271,9 @@ TEST(GgufTokenizer, SentencePieceScoresFollowMergeRanks) {
   EXPECT_EQ(gguf::find(m, "tokenizer.ggml.model")->s, "llama");
   const auto& scores = gguf::find(m, "tokenizer.ggml.scores")->numbers;
   ASSERT_EQ(scores.size(), 10u);
-  EXPECT_EQ(scores[7], -0.0);  // ▁S: merge 0
-  EXPECT_EQ(scores[9], -1.0);  // ▁So: merge 1
-  EXPECT_EQ(scores[6], -2.0);  // ▁▁: merge 2
+  EXPECT_EQ(scores[7], -0.0);        // ▁S: merge 0
+  EXPECT_EQ(scores[9], -1.0);        // ▁So: merge 1
+  EXPECT_EQ(scores[6], -2.0);        // ▁▁: merge 2
   EXPECT_EQ(scores[4], -(3.0 + 4));  // ▁: no merge makes it
   EXPECT_EQ(scores[8], -(3.0 + 8));
   EXPECT_GT(scores[7], scores[6]);

