@@ -209,6 +209,76 @@ TEST(GgufTokenizer, PreTokenizerNameRule) {
   for (const auto& e : fs::directory_iterator(dir.path())) EXPECT_EQ(e.path().filename(), "m");
 }
 
+// add_bos/add_eos are always written, as the tokenizer behaves: llama.cpp's own defaults (a BOS
+// for llama-bpe and SentencePiece files) apply only when the keys are absent.
+TEST(GgufTokenizer, AddBosWrittenAsTheTokenizerBehaves) {
+  nlohmann::json tok = nlohmann::json::parse(testing::read_file(zoo("base") / "tokenizer.json"));
+  TempDir dir;
+  fs::copy(zoo("base"), dir / "m");
+  const io::ModelConfig c = io::read_model_config(dir / "m");
+  auto flags = [&](const nlohmann::json& t, const std::string& config) {
+    testing::write_file(dir / "m" / "tokenizer.json", t.dump());
+    testing::write_file(dir / "m" / "tokenizer_config.json", config);
+    const auto m = gguf::tokenizer_metadata(dir / "m", c, std::nullopt);
+    auto flag = [&](const char* key) -> uint64_t {
+      const gguf::Value* v = gguf::find(m, key);
+      return v ? v->u : 99;  // 99: not written
+    };
+    return std::pair<uint64_t, uint64_t>{flag("tokenizer.ggml.add_bos_token"),
+                                         flag("tokenizer.ggml.add_eos_token")};
+  };
+  // The zoo's template prepends <s>.
+  EXPECT_EQ(flags(tok, "{}"), (std::pair<uint64_t, uint64_t>{1, 0}));
+  // The same template inside a Sequence (Llama 3.1's layout).
+  nlohmann::json seq = tok;
+  seq["post_processor"] = {{"type", "Sequence"},
+                           {"processors", {{{"type", "ByteLevel"}}, tok["post_processor"]}}};
+  EXPECT_EQ(flags(seq, "{}"), (std::pair<uint64_t, uint64_t>{1, 0}));
+  // No template (npm's Llama 3 tokenizer.json): nothing is added, and the file says so.
+  nlohmann::json none = tok;
+  none["post_processor"] = {{"type", "ByteLevel"}};
+  EXPECT_EQ(flags(none, "{}"), (std::pair<uint64_t, uint64_t>{0, 0}));
+  // tokenizer_config.json's flags come first, as in llama.cpp's converter.
+  EXPECT_EQ(flags(tok, R"({"add_bos_token": false, "add_eos_token": true})"),
+            (std::pair<uint64_t, uint64_t>{0, 1}));
+}
+
+// SentencePiece-style files: llama.cpp merges the pair whose joined token scores highest, so a
+// token's score is minus the rank of the tokenizer.json merge that makes it; tokens no merge
+// makes score below every merge. Here "▁▁" has a smaller id than "▁S" but a later merge.
+TEST(GgufTokenizer, SentencePieceScoresFollowMergeRanks) {
+  const std::string u = "\xe2\x96\x81";  // ▁
+  const nlohmann::json vocab = {{"<unk>", 0}, {"<s>", 1},   {"</s>", 2}, {"<0x41>", 3},
+                                {u, 4},       {"S", 5},     {u + u, 6},  {u + "S", 7},
+                                {"o", 8},     {u + "So", 9}};
+  const nlohmann::json tok = {{"model",
+                               {{"type", "BPE"},
+                                {"byte_fallback", true},
+                                {"unk_token", "<unk>"},
+                                {"vocab", vocab},
+                                {"merges", {u + " S", u + "S o", u + " " + u}}}},
+                              {"added_tokens",
+                               {{{"id", 0}, {"content", "<unk>"}, {"special", true}},
+                                {{"id", 1}, {"content", "<s>"}, {"special", true}},
+                                {{"id", 2}, {"content", "</s>"}, {"special", true}}}}};
+  TempDir dir;
+  fs::copy(zoo("base"), dir / "m");
+  testing::write_file(dir / "m" / "tokenizer.json", tok.dump());
+  testing::write_file(dir / "m" / "tokenizer_config.json", "{}");
+  io::ModelConfig c = io::read_model_config(dir / "m");
+  c.vocab_size = 10;
+  const auto m = gguf::tokenizer_metadata(dir / "m", c, std::nullopt);
+  EXPECT_EQ(gguf::find(m, "tokenizer.ggml.model")->s, "llama");
+  const auto& scores = gguf::find(m, "tokenizer.ggml.scores")->numbers;
+  ASSERT_EQ(scores.size(), 10u);
+  EXPECT_EQ(scores[7], -0.0);        // ▁S: merge 0
+  EXPECT_EQ(scores[9], -1.0);        // ▁So: merge 1
+  EXPECT_EQ(scores[6], -2.0);        // ▁▁: merge 2
+  EXPECT_EQ(scores[4], -(3.0 + 4));  // ▁: no merge makes it
+  EXPECT_EQ(scores[8], -(3.0 + 8));
+  EXPECT_GT(scores[7], scores[6]);
+}
+
 std::vector<float> logits(const infer::Model& m, const std::vector<int32_t>& ids) {
   infer::Batch b;
   b.add_sequence(ids, 0, 0, true);

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <regex>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -72,6 +73,24 @@ std::optional<std::string> token_content(const Json& cfg, const char* key) {
     return v["content"].get<std::string>();
   }
   return std::nullopt;
+}
+
+// The `single` template of the post-processor (TemplateProcessing, alone or inside a Sequence),
+// when it has one and it is a non-empty array.
+const Json* template_single(const Json& tok) {
+  if (!tok.contains("post_processor")) return nullptr;
+  const Json& post = tok["post_processor"];
+  std::vector<const Json*> steps = {&post};
+  if (is_type(post, "Sequence") && post.contains("processors") && post["processors"].is_array()) {
+    steps.clear();
+    for (const auto& p : post["processors"]) steps.push_back(&p);
+  }
+  for (const Json* p : steps) {
+    if (!is_type(*p, "TemplateProcessing") || !p->contains("single")) continue;
+    const Json& single = (*p)["single"];
+    if (single.is_array() && !single.empty()) return &single;
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -163,6 +182,32 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
     }
   }
 
+  std::vector<std::pair<std::string, std::string>> merges;
+  if (model.contains("merges") && model["merges"].is_array()) {
+    for (const auto& mg : model["merges"]) {
+      if (mg.is_string() && mg.get<std::string>().find(' ') != std::string::npos) {
+        const std::string t = mg.get<std::string>();
+        merges.emplace_back(t.substr(0, t.find(' ')), t.substr(t.find(' ') + 1));
+      } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+        merges.emplace_back(mg[0].get<std::string>(), mg[1].get<std::string>());
+      } else {
+        fail("{}: merge {} is neither \"a b\" nor [a, b]", where, mg.dump());
+      }
+    }
+  }
+  // llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined text is the token
+  // with the highest score, where Hugging Face's BPE applies the merge of lowest rank: a token's
+  // score is minus the rank of the merge that makes it. Tokens no merge makes come after all
+  // merges, by id. (Scores of -id would rank "▁▁" before "▁S", which tokenizer.json does not.)
+  std::unordered_map<std::string, size_t> merge_rank;
+  if (spm) {
+    for (size_t r = 0; r < merges.size(); ++r) {
+      std::string j = merges[r].first;
+      j.append(merges[r].second);
+      merge_rank.try_emplace(std::move(j), r);
+    }
+  }
+
   std::vector<std::string> tokens;
   std::vector<double> types, scores;
   tokens.reserve(static_cast<size_t>(vocab_size));
@@ -180,7 +225,12 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
     }
     std::string text = it->second;
     double type = kNormal;
-    double score = spm ? -static_cast<double>(id) : 0.0;
+    double score = 0.0;
+    if (spm) {
+      const auto r = merge_rank.find(text);
+      score = -static_cast<double>(r != merge_rank.end() ? r->second
+                                                         : merges.size() + static_cast<size_t>(id));
+    }
     if (auto a = added.find(id); a != added.end()) {
       const bool special = a->second->value("special", false);
       if (spm) {
@@ -191,10 +241,16 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
         type = kControl;
       } else {
         // llama.cpp expects user-defined tokens pre-normalised: "▁" as a space.
-        for (size_t p = text.find("\xe2\x96\x81"); p != std::string::npos;
-             p = text.find("\xe2\x96\x81", p)) {
-          text.replace(p, 3, " ");
+        std::string spaced;
+        for (size_t p = 0; p < text.size();) {
+          if (text.compare(p, 3, "\xe2\x96\x81") == 0) {
+            spaced.push_back(' ');
+            p += 3;
+          } else {
+            spaced.push_back(text[p++]);
+          }
         }
+        text = std::move(spaced);
         type = kUserDefined;
       }
     } else if (spm && std::regex_match(text, byte_token)) {
@@ -215,18 +271,16 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
   m.emplace_back("tokenizer.ggml.tokens", Value::string_array(std::move(tokens)));
   if (spm) m.emplace_back("tokenizer.ggml.scores", Value::number_array(ValueType::kF32, scores));
   m.emplace_back("tokenizer.ggml.token_type", Value::number_array(ValueType::kI32, types));
-  if (!spm && model.contains("merges") && model["merges"].is_array()) {
-    std::vector<std::string> merges;
-    for (const auto& mg : model["merges"]) {
-      if (mg.is_string()) {
-        merges.push_back(mg.get<std::string>());
-      } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
-        merges.push_back(mg[0].get<std::string>() + " " + mg[1].get<std::string>());
-      } else {
-        fail("{}: merge {} is neither \"a b\" nor [a, b]", where, mg.dump());
-      }
+  if (!spm && !merges.empty()) {
+    std::vector<std::string> joined;
+    joined.reserve(merges.size());
+    for (const auto& [a, b] : merges) {
+      std::string j;
+      j.reserve(a.size() + 1 + b.size());
+      j.append(a).append(1, ' ').append(b);
+      joined.push_back(std::move(j));
     }
-    m.emplace_back("tokenizer.ggml.merges", Value::string_array(std::move(merges)));
+    m.emplace_back("tokenizer.ggml.merges", Value::string_array(std::move(joined)));
   }
   // Special ids: tokenizer_config.json names them; config.json's ids fill the gaps.
   auto special = [&](const char* cfg_key, const char* gguf_key, std::optional<int64_t> fallback) {
@@ -252,15 +306,15 @@ Metadata tokenizer_metadata(const fs::path& dir, const io::ModelConfig& config,
   if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) {
     add_eos = cfg["add_eos_token"].get<bool>();
   }
-  if (tok.contains("post_processor") && is_type(tok["post_processor"], "TemplateProcessing")) {
-    const Json& single = tok["post_processor"]["single"];
-    if (single.is_array() && !single.empty()) {
-      if (!add_bos) add_bos = single.front().contains("SpecialToken");
-      if (!add_eos) add_eos = single.back().contains("SpecialToken");
-    }
+  if (const Json* single = template_single(tok)) {
+    if (!add_bos) add_bos = single->front().contains("SpecialToken");
+    if (!add_eos) add_eos = single->back().contains("SpecialToken");
   }
-  if (add_bos) m.emplace_back("tokenizer.ggml.add_bos_token", Value::boolean(*add_bos));
-  if (add_eos) m.emplace_back("tokenizer.ggml.add_eos_token", Value::boolean(*add_eos));
+  // Always written: without the keys llama.cpp applies its own default per pre-tokenizer (a BOS
+  // for llama-bpe and the SentencePiece model), which a tokenizer.json without a template that
+  // adds one (npm's Llama 3 tokenizer) does not do.
+  m.emplace_back("tokenizer.ggml.add_bos_token", Value::boolean(add_bos.value_or(false)));
+  m.emplace_back("tokenizer.ggml.add_eos_token", Value::boolean(add_eos.value_or(false)));
   if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
     m.emplace_back("tokenizer.chat_template", Value::str(cfg["chat_template"].get<std::string>()));
   }

