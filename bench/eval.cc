@@ -67,9 +67,10 @@ int main(int argc, char** argv) {
     gen_tasks.push_back(eval::load_task(root / "data/zoo/eval" / (std::string(name) + ".json")));
     eval::limit_items(gen_tasks.back(), 60);
   }
-  const auto stops = eval::stop_ids(*m.model, m.tokenizer);
-  const eval::Suite generation(gen_tasks, m.tokenizer, stops);
-  const eval::Suite heldout({eval::load_task(root / "data/eval/zoo-heldout.json")}, m.tokenizer,
+  const auto stops = m.stop_ids();
+  const tokenizer::Tokenizer& tok = *m.tokenizer;
+  const eval::Suite generation(gen_tasks, tok, stops);
+  const eval::Suite heldout({eval::load_task(root / "data/eval/zoo-heldout.json")}, tok,
                             stops);
   size_t gen_items = 0;
   for (const auto& t : gen_tasks) gen_items += t.size();
@@ -84,9 +85,9 @@ int main(int argc, char** argv) {
     eval::RunOptions one, packed;
     one.packed = false;
     const double t_one =
-        best_seconds(repeats, [&] { generation.run(*m.model, m.tokenizer, one, false); });
+        best_seconds(repeats, [&] { generation.run(*m.model, tok, one, false); });
     const double t_packed =
-        best_seconds(repeats, [&] { generation.run(*m.model, m.tokenizer, packed, false); });
+        best_seconds(repeats, [&] { generation.run(*m.model, tok, packed, false); });
     if (base_gen == 0.0) base_gen = static_cast<double>(gen_items) / t_one;
     fmt::print(
         "| add+rev+sort, {} items | {} | {:.0f} | {:.0f} | {:.2f}x ({:.2f}x vs one-by-one, 1 "
@@ -95,9 +96,9 @@ int main(int argc, char** argv) {
         (gen_items / t_packed) / base_gen);
     const size_t rows = heldout.tasks()[0].size();
     const double p_one =
-        best_seconds(repeats, [&] { heldout.run(*m.model, m.tokenizer, one, false); });
+        best_seconds(repeats, [&] { heldout.run(*m.model, tok, one, false); });
     const double p_packed =
-        best_seconds(repeats, [&] { heldout.run(*m.model, m.tokenizer, packed, false); });
+        best_seconds(repeats, [&] { heldout.run(*m.model, tok, packed, false); });
     fmt::print("| heldout, {} rows x 128 tokens | {} | {:.0f} | {:.0f} | {:.2f}x |\n", rows,
                threads, rows / p_one, rows / p_packed, p_one / p_packed);
   }
@@ -114,7 +115,7 @@ int main(int argc, char** argv) {
   eval::RunOptions packed;
   const double t_both = best_seconds(repeats, [&] {
     eval::LoadedModel merged = merge_loader.from_plan(plan, "recipe");
-    generation.run(*merged.model, merged.tokenizer, packed, false);
+    generation.run(*merged.model, *merged.tokenizer, packed, false);
   });
   fmt::print(
       "\nrecipe (task arithmetic of 3 experts) merged in memory: {:.1f} ms; merge + "

@@ -7,10 +7,13 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "gguf/export.h"
+#include "gguf/reader.h"
 #include "test_util.h"
 
 namespace amalgam {
@@ -247,6 +250,46 @@ std::vector<Case> cases() {
   c.push_back({"tokenizer_malformed",
                [](const fs::path& dir) { write_file(model(dir) / "tokenizer.json", "{]"); },
                "generate {D}/M -p hi", "tokenizer.json", ""});
+
+  // GGUF files given to eval (the loader every command shares): an F32 export of M, then surgery
+  auto gguf = [](std::function<void(std::string&, const gguf::GgufFile&)> edit) {
+    return [edit](const fs::path& dir) {
+      gguf::ExportOptions o;
+      o.type = *gguf::parse_export_type("f32");
+      gguf::export_gguf(model(dir), dir / "m.gguf", o);
+      std::string bytes = read_file(dir / "m.gguf");
+      {
+        const gguf::GgufFile f(dir / "m.gguf");
+        edit(bytes, f);
+      }
+      write_file(dir / "m.gguf", bytes);
+    };
+  };
+  const std::string eval_gguf =
+      "eval {D}/m.gguf --task {Z}/eval/add.json --limit 2 --json {D}/o.json";
+  c.push_back({"gguf_truncated",
+               gguf([](std::string& b, const gguf::GgufFile&) { b.resize(b.size() * 3 / 5); }),
+               eval_gguf, "{D}/m.gguf: tensor", "o.json"});
+  c.push_back({"gguf_metadata_garbage",
+               gguf([](std::string& b, const gguf::GgufFile&) {
+                 for (size_t i = 24; i < 4096 && i < b.size(); ++i) b[i] = static_cast<char>(0xA5);
+               }),
+               eval_gguf, "{D}/m.gguf: truncated", "o.json"});
+  c.push_back({"gguf_nan_weight",
+               gguf([](std::string& b, const gguf::GgufFile& f) {
+                 const uint64_t at =
+                     f.data_offset() + f.tensor("token_embd.weight")->offset + 4 * 77;
+                 const float nan = std::numeric_limits<float>::quiet_NaN();
+                 std::memcpy(b.data() + at, &nan, 4);
+               }),
+               eval_gguf, "tensor 'model.embed_tokens.weight' element 77 is NaN", "o.json"});
+  c.push_back({"gguf_tokenizer_not_runnable",
+               gguf([](std::string& b, const gguf::GgufFile&) {
+                 // The pre-tokenizer name amalgam matched ("refact") becomes one it does not know.
+                 const size_t at = b.find("refact");
+                 if (at != std::string::npos) b.replace(at, 6, "zzzzzz");
+               }),
+               eval_gguf, "cannot be run by amalgam", "o.json"});
 
   // tasks
   c.push_back({"task_missing", nothing, "eval {Z}/base --task {D}/none.json", "{D}/none.json", ""});

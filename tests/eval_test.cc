@@ -90,7 +90,7 @@ class ZooModel : public ::testing::Test {
       Task t = load_task(zoo("eval") / (std::string(name) + ".json"));
       limit_items(t, per_task);
       PreparedTask p =
-          prepare_task(t, model_->tokenizer, stop_ids(*model_->model, model_->tokenizer));
+          prepare_task(t, *model_->tokenizer, model_->stop_ids());
       out.insert(out.end(), p.generation.begin(), p.generation.end());
     }
     return out;
@@ -103,7 +103,7 @@ LoadedModel* ZooModel::model_ = nullptr;
 
 TEST_F(ZooModel, PackedGreedyEqualsOneByOne) {
   const auto requests = zoo_generation_requests(60);
-  const auto stops = stop_ids(*model_->model, model_->tokenizer);
+  const auto stops = model_->stop_ids();
   RunOptions one;
   one.packed = false;
   const auto reference = greedy_decode(*model_->model, requests, stops, one);
@@ -137,13 +137,13 @@ TEST_F(ZooModel, PackedScoresEqualOneByOneAndInferPerplexity) {
     Task t = load_task(zoo("eval") / (std::string(name) + ".json"));
     limit_items(t, 20);
     for (const auto& item : t.generation) {
-      requests.push_back({model_->tokenizer.encode(item.prompt, true),
-                          model_->tokenizer.encode(item.answer, false)});
+      requests.push_back({model_->tokenizer->encode(item.prompt, true),
+                          model_->tokenizer->encode(item.answer, false)});
     }
   }
   Task heldout = load_task(testing::source_dir() / "data/eval/zoo-heldout.json");
   heldout.perplexity.rows = 2;
-  for (auto& row : perplexity_rows(model_->tokenizer, heldout.perplexity, "heldout")) {
+  for (auto& row : perplexity_rows(*model_->tokenizer, heldout.perplexity, "heldout")) {
     requests.push_back({{row[0]}, std::vector<int32_t>(row.begin() + 1, row.end())});
   }
   RunOptions one;
@@ -170,7 +170,7 @@ TEST_F(ZooModel, PackedScoresEqualOneByOneAndInferPerplexity) {
 TEST_F(ZooModel, GreedyFlagMatchesGeneration) {
   // A continuation is "greedy" exactly when greedy decoding reproduces it.
   auto requests = zoo_generation_requests(10);
-  const auto stops = stop_ids(*model_->model, model_->tokenizer);
+  const auto stops = model_->stop_ids();
   const auto gen = greedy_decode(*model_->model, requests, stops, {});
   std::vector<ScoreRequest> scored;
   for (size_t i = 0; i < gen.size(); ++i) {
@@ -193,9 +193,9 @@ TEST_F(ZooModel, ChoiceTaskMetrics) {
     choice.choice.push_back(
         {item.prompt, {std::to_string(v + 10), item.answer, std::to_string(v - 1) + "0"}, 1});
   }
-  const TaskResult r = evaluate_task(*model_->model, model_->tokenizer, choice, {});
+  const TaskResult r = evaluate_task(*model_->model, *model_->tokenizer, choice, {});
   ASSERT_EQ(r.outputs.size(), 30u);
-  const auto& tok = model_->tokenizer;
+  const auto& tok = *model_->tokenizer;
   size_t hits = 0, hits_norm = 0;
   for (size_t i = 0; i < 30; ++i) {
     const ChoiceItem& item = choice.choice[i];
@@ -230,10 +230,10 @@ TEST_F(ZooModel, ChoiceSplitMovesTrailingSpace) {
   choice.name = "c";
   choice.kind = TaskKind::kChoice;
   choice.choice.push_back({"sort 3 1 -> ", {"1 3", "3 1"}, 0});
-  PreparedTask p = prepare_task(choice, model_->tokenizer, {});
+  PreparedTask p = prepare_task(choice, *model_->tokenizer, {});
   ASSERT_EQ(p.scoring.size(), 2u);
-  EXPECT_EQ(p.scoring[0].context, model_->tokenizer.encode("sort 3 1 ->", true));
-  const auto whole = model_->tokenizer.encode("sort 3 1 -> 1 3", true);
+  EXPECT_EQ(p.scoring[0].context, model_->tokenizer->encode("sort 3 1 ->", true));
+  const auto whole = model_->tokenizer->encode("sort 3 1 -> 1 3", true);
   EXPECT_EQ(p.scoring[0].continuation,
             std::vector<int32_t>(whole.begin() + p.scoring[0].context.size(), whole.end()));
 }
@@ -411,7 +411,7 @@ TEST(EvalCommand, TableJsonAndErrors) {
   r = testing::run_amalgam("eval " + (dir / "nothing").string() + " --task " +
                            (zoo("eval") / "add.json").string());
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_THAT(r.output, HasSubstr("no such model directory or recipe file"));
+  EXPECT_THAT(r.output, HasSubstr("no such model directory, model file or recipe file"));
 }
 
 TEST(EvalCommand, RecipeInMemoryWritesNothing) {

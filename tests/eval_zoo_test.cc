@@ -48,7 +48,7 @@ class ZooTable : public ::testing::Test {
     }
     tasks.push_back(load_task(source_dir() / "data/eval/zoo-heldout.json"));
     LoadedModel base = loader_->load(zoo("base"));
-    suite_ = new Suite(std::move(tasks), base.tokenizer, stop_ids(*base.model, base.tokenizer));
+    suite_ = new Suite(std::move(tasks), *base.tokenizer, base.stop_ids());
   }
   static void TearDownTestSuite() {
     delete suite_;
@@ -71,7 +71,7 @@ class ZooTable : public ::testing::Test {
     }
   }
   static std::vector<TaskResult> run(const LoadedModel& m) {
-    return suite_->run(*m.model, m.tokenizer, {}, false);
+    return suite_->run(*m.model, *m.tokenizer, {}, false);
   }
   static merge::Plan recipe_plan(const std::string& file) {
     recipe::PlanOptions options;
@@ -149,7 +149,7 @@ TEST_F(ZooTable, GreedySoupOnAdd) {
   Task add = load_task(zoo("eval") / "add.json");
   limit_items(add, 60);
   LoadedModel base = loader_->load(zoo("base"));
-  Suite suite({add}, base.tokenizer, stop_ids(*base.model, base.tokenizer));
+  Suite suite({add}, *base.tokenizer, base.stop_ids());
   const std::vector<std::string> names = {"add-expert", "add-expert-s1", "add-expert-s2"};
   std::vector<std::filesystem::path> paths;
   for (const auto& n : names) paths.push_back(zoo(n));

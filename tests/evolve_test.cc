@@ -142,6 +142,23 @@ TEST(Genome, DataFlowPathEqualsScaledResidualStream) {
   EXPECT_GT(diff, 100 * worst);
 }
 
+// A candidate stops where eval and generate of the written model would: generation_config.json's
+// eos ids count too (they used to be read only for models opened from disk).
+TEST(Resident, CandidateStopsOnGenerationConfigEos) {
+  TempDir dir;
+  const std::filesystem::path m = dir / "m";
+  std::filesystem::create_directories(m);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"}) {
+    std::filesystem::copy_file(zoo("base") / f, m / f);
+  }
+  testing::write_file(m / "generation_config.json", R"({"eos_token_id": [1, 7]})");
+  merge::InputSet inputs;
+  evolve::ResidentModel resident(inputs, 1, 0);
+  const auto model = resident.update(recipe::plan_from_yaml(
+      fmt::format("merge_method: passthrough\nmodels:\n  - model: {}\n", m.string()), "r", {}));
+  EXPECT_EQ(model->config().eos_token_ids, (std::vector<int64_t>{1, 7}));
+}
+
 TEST(Resident, ReusesUnchangedTensorsAndAliasesCopies) {
   merge::InputSet inputs;
   recipe::PlanOptions options;

@@ -130,8 +130,14 @@ TEST(Signals, EngineCommandsStopWithStatus130) {
         "eval " + q(zoo("base-large")) + " --task " + q(zoo("eval/add.json")) + " --task " +
             q(zoo("eval/rev.json")) + " --task " + q(zoo("eval/sort.json")) + " --task " +
             q(zoo("eval/heldout.txt")) + " -j 1 --one-by-one --json " + q(dir / "out.json")}) {
+    // The signal is sent once the process catches SIGTERM (bit 15 of SigCgt): a sanitizer build
+    // starts slower than any fixed delay assumed, and the default action would kill it (143).
     auto r = testing::run_amalgam_with_prefix(
-        "", command + " 2>&1 & pid=$!; sleep 0.3; kill -TERM $pid; wait $pid; echo status=$?");
+        "", command +
+                " 2>&1 & pid=$!; i=0; while [ $i -lt 500 ]; do"
+                " c=$(awk '/^SigCgt/{print $2}' /proc/$pid/status 2>/dev/null);"
+                " [ -n \"$c\" ] && [ $(( 0x$c & 16384 )) -ne 0 ] && break; i=$((i + 1));"
+                " sleep 0.01; done; sleep 0.3; kill -TERM $pid; wait $pid; echo status=$?");
     EXPECT_NE(r.output.find("status=130"), std::string::npos) << command << "\n" << r.output;
     EXPECT_NE(r.output.find("interrupted"), std::string::npos) << r.output;
     EXPECT_FALSE(fs::exists(dir / "out.json"));

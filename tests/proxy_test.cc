@@ -176,16 +176,15 @@ TEST(ProxyZoo, AddAccuracyMatchesTheReference) {
   eval::LoadedModel anti = loader.load(zoo("base"));
   std::vector<eval::Task> tasks{eval::load_task(zoo("eval") / "add.json")};
   eval::limit_items(tasks[0], 60);
-  eval::Suite suite(std::move(tasks), large.tokenizer,
-                    eval::stop_ids(*large.model, large.tokenizer));
+  eval::Suite suite(std::move(tasks), *large.tokenizer, large.stop_ids());
   ProxyLogits proxy(*large.model, *expert.model, *anti.model);
-  const auto results = suite.run(proxy, large.tokenizer, {}, false);
+  const auto results = suite.run(proxy, *large.tokenizer, {}, false);
   ASSERT_EQ(results.size(), 1u);
   ASSERT_EQ(results[0].items, 60u);
   const double acc = results[0].metric("exact_match").value;
   EXPECT_NEAR(acc, reference_add_accuracy(), 0.04);
   // The large model alone has no add skill: the gain comes from the offset.
-  const auto alone = suite.run(*large.model, large.tokenizer, {}, false);
+  const auto alone = suite.run(*large.model, *large.tokenizer, {}, false);
   EXPECT_LT(alone[0].metric("exact_match").value, 0.05);
 }
 

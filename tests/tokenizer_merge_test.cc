@@ -286,8 +286,8 @@ tokenizer_source: union
   // The same recipe merged in memory (amalgam eval / evolve) has the built vocabulary too.
   eval::ModelLoader loader(2);
   const eval::LoadedModel m = loader.load(dir_->path() / "out.yaml");
-  EXPECT_EQ(m.tokenizer.encode("<|im_end|>", false), std::vector<int32_t>{kVocab + 1});
-  EXPECT_EQ(m.tokenizer.vocab_size(), kVocab + 2);
+  EXPECT_EQ(m.tokenizer->encode("<|im_end|>", false), std::vector<int32_t>{kVocab + 1});
+  EXPECT_EQ(m.tokenizer->vocab_size(), kVocab + 2);
 }
 
 TEST_F(TokenizerMergeTest, TokenizerConfigListsTheNewAddedTokens) {

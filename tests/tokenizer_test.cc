@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -17,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/interrupt.h"
 #include "core/sha256.h"
 #include "test_util.h"
 #include "tokenizer/pre_tokenizer.h"
@@ -132,6 +135,27 @@ TEST_F(ZooTokenizer, RejectsInvalidUtf8) {
   EXPECT_THROW(tok_->encode("ab\xC3(", false), Error);
   // Decoding a lone continuation byte gives U+FFFD, as Hugging Face does.
   EXPECT_EQ(tok_->decode(Ids{*tok_->token_id("©")}), "\xEF\xBF\xBD");
+}
+
+// Ctrl-C while a long text is encoded: the encoder stops with "interrupted" instead of finishing
+// (perplexity on a large corpus spends minutes here). In a child process, whose interrupt flag
+// stays set.
+TEST_F(ZooTokenizer, EncodingStopsWhenInterrupted) {
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += "word" + std::to_string(i) + " ";
+  ASSERT_GT(tok_->encode(text, false).size(), 4096u);
+  EXPECT_EXIT(
+      {
+        core::install_interrupt_handler();
+        std::raise(SIGINT);
+        try {
+          tok_->encode(text, false);
+        } catch (const Error& e) {
+          std::_Exit(std::string(e.what()).find("interrupted") != std::string::npos ? 7 : 8);
+        }
+        std::_Exit(9);
+      },
+      ::testing::ExitedWithCode(7), "");
 }
 
 // ---------------------------------------------------------------------------------------------

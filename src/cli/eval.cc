@@ -33,16 +33,17 @@ void run_eval(const EvalCommandArgs& args) {
   std::vector<eval::Task> tasks = load_tasks(args.eval);  // bad task files fail before merging
   eval::ModelLoader loader(static_cast<unsigned>(args.eval.threads));
   eval::LoadedModel m = loader.load(args.model);
-  eval::Suite suite(std::move(tasks), m.tokenizer, eval::stop_ids(*m.model, m.tokenizer));
+  const tokenizer::Tokenizer& tok = m.require_tokenizer();
+  eval::Suite suite(std::move(tasks), tok, m.stop_ids());
   const bool progress = core::verbosity() >= core::Verbosity::kNormal;
   std::vector<eval::TaskResult> results;
   if (args.proxy_expert.empty()) {
-    results = suite.run(*m.model, m.tokenizer, run_options(args.eval), progress);
+    results = suite.run(*m.model, tok, run_options(args.eval), progress);
   } else {
     eval::LoadedModel expert = loader.load(args.proxy_expert);
     eval::LoadedModel anti = loader.load(args.proxy_anti);
     infer::ProxyLogits proxy(*m.model, *expert.model, *anti.model, args.proxy_alpha);
-    results = suite.run(proxy, m.tokenizer, run_options(args.eval), progress);
+    results = suite.run(proxy, tok, run_options(args.eval), progress);
   }
   fmt::print("{}", eval::format_table(results));
   if (!args.json.empty()) {
@@ -56,7 +57,7 @@ void run_eval(const EvalCommandArgs& args) {
           {"expert", args.proxy_expert}, {"anti", args.proxy_anti}, {"alpha", args.proxy_alpha}};
     }
     core::write_file_atomic(args.json,
-                          eval::results_json(args.model, settings, results).dump(1) + "\n");
+                            eval::results_json(args.model, settings, results).dump(1) + "\n");
     core::info("wrote {}", args.json);
   }
 }
@@ -68,7 +69,9 @@ void register_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "eval",
       "Evaluate a model, or a recipe merged in memory, on generation/choice/perplexity tasks");
-  cmd->add_option("model", args->model, "Model directory, or a merge recipe (.yaml)")->required();
+  cmd->add_option("model", args->model,
+                  "Model directory, .safetensors/.gguf file, BASE+LORA, or a merge recipe (.yaml)")
+      ->required();
   cmd->add_option("--json", args->json, "Also write the results with per-item outputs to FILE");
   auto* expert = cmd->add_option("--proxy-expert", args->proxy_expert,
                                  "Proxy tuning: small tuned model (or recipe) whose logits, minus "

@@ -44,7 +44,7 @@ void run_generate(const GenerateCliOptions& opt, bool sampled) {
   if (prompt.empty()) fail("generate: the prompt encodes to no tokens");
   infer::GenerateOptions g;
   g.max_new_tokens = opt.max_new_tokens;
-  g.stop_ids = stop_ids(m);
+  g.stop_ids = m.stop_ids();
   g.sampler.greedy = !sampled;
   g.sampler.temperature = sampled ? opt.temperature : 0.0f;
   g.sampler.top_k = opt.top_k;

@@ -1,37 +1,26 @@
-// Shared pieces of the commands that run the inference engine (generate, logits, perplexity):
-// opening a model with its tokenizer, --threads, token-id lists and stop tokens.
+// Shared pieces of the commands that run the inference engine (generate, logits, perplexity,
+// embed, score): opening a model with its tokenizer, --threads, token-id lists.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
-#include <filesystem>
-#include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
-#include "infer/model.h"
-#include "tokenizer/tokenizer.h"
+#include "eval/model_source.h"
 
 namespace amalgam::cli {
 
-struct LoadedModel {
-  std::filesystem::path dir;  // directory of config.json and tokenizer files
-  std::unique_ptr<infer::Model> model;
-  std::optional<tokenizer::Tokenizer> tokenizer;  // absent when the directory has none
+// Every command opens models through eval::ModelLoader (one policy for checks, tokenizer, stop
+// tokens and GGUF); see eval/model_source.h.
+using LoadedModel = eval::LoadedModel;
 
-  const tokenizer::Tokenizer& require_tokenizer() const;
-};
-
-// Opens a checkpoint; loads tokenizer.json from the same directory when `tokenizer` is wanted
-// (an error if it is missing) or when it simply exists (`tokenizer` = false).
+// Opens a model directory or file, a .gguf file, BASE+LORA or a recipe merged in memory; its
+// tokenizer is required when `tokenizer` is true, else loaded when the model has one.
 LoadedModel open_model(const std::string& path, bool tokenizer);
 
 // "1,2,3" -> {1, 2, 3}; the error names the bad item.
 std::vector<int32_t> parse_id_list(const std::string& text);
-
-// End-of-sequence ids from config.json, generation_config.json and the tokenizer.
-std::vector<int32_t> stop_ids(const LoadedModel& m);
 
 // --threads N (default: all hardware threads), applied with apply_threads before running.
 void add_threads_option(CLI::App* cmd, int& threads);

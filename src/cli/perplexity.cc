@@ -62,7 +62,7 @@ void run_perplexity(const PerplexityOptions& opt) {
             ? infer::split_documents(core::read_text_file(opt.file), unescape(opt.separator))
             : infer::read_jsonl_documents(opt.jsonl);
     auto eos = tok.eos_id();
-    if (!eos) fail("{}: the tokenizer has no EOS token to end documents with", m.dir.string());
+    if (!eos) fail("{}: the tokenizer has no EOS token to end documents with", m.name);
     auto rows = infer::document_rows(tok, docs, *eos, opt.rows, opt.row_tokens);
     result = infer::rows_nll(*m.model, rows);
     mode = fmt::format("document rows: {} documents, {} rows x {} predictions", docs.size(),

@@ -38,8 +38,7 @@ void run_soup(const SoupArgs& args) {
   std::vector<std::filesystem::path> paths(args.checkpoints.begin(), args.checkpoints.end());
   // The tasks are tokenized once, with the first ingredient's tokenizer.
   eval::LoadedModel first = loader.load(paths[0]);
-  eval::Suite suite(std::move(tasks), first.tokenizer,
-                    eval::stop_ids(*first.model, first.tokenizer));
+  eval::Suite suite(std::move(tasks), first.require_tokenizer(), first.stop_ids());
   first.model.reset();
 
   eval::SoupOptions options;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 
 #include "core/error.h"
 #include "infer/documents.h"
@@ -154,13 +155,22 @@ std::vector<std::vector<int32_t>> perplexity_rows(const tokenizer::Tokenizer& to
   }
 }
 
-std::vector<int32_t> stop_ids(const infer::Model& model, const tokenizer::Tokenizer& tok) {
+std::vector<int32_t> stop_ids(const infer::Model& model, const tokenizer::Tokenizer* tok) {
   std::vector<int32_t> ids;
-  if (auto eos = tok.eos_id()) ids.push_back(*eos);
-  for (int64_t id : model.config().eos_token_ids) {
-    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(static_cast<int32_t>(id));
+  auto add = [&](int64_t id) {
+    if (id >= 0 && id <= INT32_MAX && std::find(ids.begin(), ids.end(), id) == ids.end()) {
+      ids.push_back(static_cast<int32_t>(id));
+    }
+  };
+  if (tok != nullptr) {
+    if (auto eos = tok->eos_id()) add(*eos);
   }
+  for (int64_t id : model.config().eos_token_ids) add(id);
   return ids;
+}
+
+std::vector<int32_t> stop_ids(const infer::Model& model, const tokenizer::Tokenizer& tok) {
+  return stop_ids(model, &tok);
 }
 
 PreparedTask prepare_task(const Task& task, const tokenizer::Tokenizer& tok,

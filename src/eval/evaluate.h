@@ -55,7 +55,10 @@ std::vector<std::vector<int32_t>> perplexity_rows(const tokenizer::Tokenizer& to
                                                   const PerplexitySpec& spec,
                                                   const std::string& where);
 
-// The tokens that end a generation: the tokenizer's EOS and the config's eos_token_id(s).
+// The tokens that end a generation, for every command (generate, eval, soup, evolve): the
+// tokenizer's EOS, then config.json's and generation_config.json's eos_token_id(s) (a GGUF file's
+// tokenizer.ggml.eos_token_id), without repeats. `tokenizer` may be null (token ids given).
+std::vector<int32_t> stop_ids(const infer::Model& model, const tokenizer::Tokenizer* tokenizer);
 std::vector<int32_t> stop_ids(const infer::Model& model, const tokenizer::Tokenizer& tokenizer);
 
 // A task tokenized once, to be evaluated on many models that share the tokenizer (soups, recipe

@@ -26,7 +26,7 @@ SoupResult make_soup(const std::vector<std::filesystem::path>& checkpoints, cons
     const merge::Plan plan = soup_plan(paths, loader.inputs(), options.out_dtype);
     LoadedModel m = loader.from_plan(plan, "soup");
     step.ingredients = members;
-    step.results = suite.run(*m.model, m.tokenizer, options.run, false);
+    step.results = suite.run(*m.model, m.require_tokenizer(), options.run, false);
     step.score = Suite::score(step.results);
     return plan;
   };

@@ -106,6 +106,8 @@ std::unique_ptr<infer::Model> ResidentModel::update(const merge::Plan& plan) {
       plan, donor_config(donor), (model_directory(donor) / "config.json").string());
   io::ModelConfig config =
       io::parse_model_config(nlohmann::ordered_json::parse(config_text), "candidate");
+  // The same stop tokens as eval and generate of the written model (generation_config.json).
+  io::add_generation_config_eos(config, model_directory(donor));
   auto model = std::make_unique<infer::Model>(std::move(config), std::move(views));
   last_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return model;

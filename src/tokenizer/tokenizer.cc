@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/interrupt.h"
 #include "core/json.h"
 #include "tokenizer/added_vocab.h"
 #include "tokenizer/bpe.h"
@@ -144,7 +145,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
     pieces.clear();
     pieces.push_back(std::move(segment.piece));
     if (m.pre_tokenizer) m.pre_tokenizer->pre_tokenize(pieces);
-    for (const auto& p : pieces) m.model.tokenize(p.text, ids);
+    // A huge text (perplexity on a whole corpus) takes minutes: Ctrl-C is honoured between words.
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      if ((i & 4095) == 4095) core::check_interrupted();
+      m.model.tokenize(pieces[i].text, ids);
+    }
+    core::check_interrupted();
   }
   if (add_special) ids = m.post_processor.process(std::move(ids));
   return ids;
