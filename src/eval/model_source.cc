@@ -89,9 +89,9 @@ LoadedModel ModelLoader::load(const fs::path& model_or_recipe, TokenizerNeed nee
 
 LoadedModel ModelLoader::load_gguf(const fs::path& path, TokenizerNeed need) {
   const std::string name = path.string();
-  // Dequantised to F32 once: the engine scores exactly the values the file holds (a quantised
-  // export is evaluated as llama.cpp would run it, up to the kernels' rounding).
-  gguf::ImportedModel g = gguf::import_gguf(path);
+  // Run as stored: quantised matrices stay quantised and are dequantised block by block inside
+  // the products, so the engine scores exactly the values the file holds.
+  gguf::ImportedModel g = gguf::import_gguf(path, /*keep_stored_types=*/true);
   LoadedModel out{name, nullptr, std::nullopt};
   // The tokenizer comes from the file itself (rebuilt from its tokenizer.ggml.* keys), never
   // from files that happen to lie beside it.
@@ -104,9 +104,13 @@ LoadedModel ModelLoader::load_gguf(const fs::path& path, TokenizerNeed need) {
         name);
   }
   infer::WeightMap weights(g.views.begin(), g.views.end());
-  if (infer::check_finite_on_load()) infer::check_finite_weights(weights, name);
+  if (infer::check_finite_on_load()) {
+    infer::check_finite_weights(weights, name);
+    infer::check_finite_quantized(g.quantized, name);
+  }
   try {
-    out.model = std::make_unique<infer::Model>(std::move(g.config), std::move(weights), g.storage);
+    out.model = std::make_unique<infer::Model>(std::move(g.config), std::move(weights), g.storage,
+                                               std::move(g.quantized));
   } catch (const Error& e) {
     fail("{}: {}", name, e.what());
   }
