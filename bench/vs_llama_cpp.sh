@@ -63,7 +63,7 @@ for t in $types; do
   fi
 done
 
-declare -A lp ld ap ad  # best tok/s: llama.cpp / amalgam, prefill / decode
+declare -A lp ld ap ad bp bd  # best tok/s: llama.cpp / amalgam / amalgam with BF16 products
 max() { awk -v a="${1:-0}" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 for ((rep = 1; rep <= reps; rep++)); do
@@ -78,10 +78,14 @@ for ((rep = 1; rep <= reps; rep++)); do
     lp[$t]=$(max "${lp[$t]:-0}" "$p")
     ld[$t]=$(max "${ld[$t]:-0}" "$d")
     log "rep $rep/$reps, $t: amalgam"
-    row=$(./build/bench_infer --model "$f" --threads "$threads" --prefill "$prefill" \
-          --decode "$decode" 2>/dev/null | grep "^| $t.gguf |")
+    rows=$(./build/bench_infer --model "$f" --threads "$threads" --prefill "$prefill" \
+           --decode "$decode" --bf16-products 2>/dev/null)
+    row=$(echo "$rows" | grep "^| $t.gguf |")
     ap[$t]=$(max "${ap[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $3 + 0 }')")
     ad[$t]=$(max "${ad[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $4 + 0 }')")
+    row=$(echo "$rows" | grep "^| $t.gguf (bf16 products) |" || true)
+    bp[$t]=$(max "${bp[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $3 + 0 }')")
+    bd[$t]=$(max "${bd[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $4 + 0 }')")
   done
 done
 load_after=$(cut -d' ' -f1 /proc/loadavg)
@@ -89,10 +93,14 @@ load_after=$(cut -d' ' -f1 /proc/loadavg)
 echo "threads $threads, best of $reps alternating runs, prefill $prefill / decode $decode tokens,"
 echo "load average $load_before before, $load_after after; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo
-echo "| type | llama.cpp prefill tok/s | amalgam prefill | ratio | llama.cpp decode tok/s | amalgam decode | ratio |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "amalgam: fp32 products (default); bf16: with --bf16-products (BF16 and quantised weights)"
+echo
+echo "| type | llama.cpp prefill tok/s | amalgam | ratio | amalgam bf16 | ratio | llama.cpp decode tok/s | amalgam | ratio | amalgam bf16 | ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for t in $types; do
-  awk -v t="$t" -v lp="${lp[$t]}" -v ap="${ap[$t]}" -v ld="${ld[$t]}" -v ad="${ad[$t]}" 'BEGIN {
-    printf "| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f |\n", t, lp, ap, (lp > 0 ? ap / lp : 0),
-           ld, ad, (ld > 0 ? ad / ld : 0) }'
+  awk -v t="$t" -v lp="${lp[$t]}" -v ap="${ap[$t]}" -v bp="${bp[$t]}" -v ld="${ld[$t]}" \
+      -v ad="${ad[$t]}" -v bd="${bd[$t]}" 'function r(a, b) { return b > 0 ? a / b : 0 }
+    function cell(v, ref, fmt) { return v > 0 ? sprintf(fmt " | %.2f", v, r(v, ref)) : "- | -" }
+    BEGIN { printf "| %s | %.1f | %s | %s | %.2f | %s | %s |\n", t, lp, cell(ap, lp, "%.1f"),
+            cell(bp, lp, "%.1f"), ld, cell(ad, ld, "%.2f"), cell(bd, ld, "%.2f") }'
 done

@@ -414,18 +414,17 @@ std::optional<Ppl> llama_perplexity(const fs::path& gguf, const fs::path& text,
                               quoted(text) + " -c " + std::to_string(kCtx) + " -b " +
                               std::to_string(kCtx * seqs) + " -t 2 2>&1";
   // llama.cpp's asynchronous logger now and then loses the end of its output at exit (status 0,
-  // no results printed): such a run is repeated, up to three times.
-  Output r;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    r = shell(command);
-    if (r.code != 0 || r.out.find("calculating perplexity over") != std::string::npos) break;
-  }
-  // The running value after the last chunk ("[N]7.3427,") is the final estimate; the
-  // "Final estimate" line itself is sometimes lost by the logger at exit.
+  // the last chunks or everything missing): such a run is repeated, up to five times. The running
+  // value after the last chunk ("[N]7.3427,") is the final estimate; the "Final estimate" line
+  // itself is sometimes lost.
   static const std::regex chunks_re("calculating perplexity over ([0-9]+) chunks");
+  Output r;
   std::smatch c;
   std::optional<double> value;
-  if (r.code == 0 && std::regex_search(r.out, c, chunks_re)) {
+  for (int attempt = 0; attempt < 5 && !value; ++attempt) {
+    r = shell(command);
+    if (r.code != 0) break;
+    if (!std::regex_search(r.out, c, chunks_re)) continue;
     const std::string last = "[" + c[1].str() + "]";
     if (const size_t at = r.out.rfind(last); at != std::string::npos) {
       value = std::strtod(r.out.c_str() + at + last.size(), nullptr);
