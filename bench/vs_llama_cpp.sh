@@ -71,10 +71,13 @@ for ((rep = 1; rep <= reps; rep++)); do
     f=$cache/$t.gguf
     log "rep $rep/$reps, $t: llama-bench"
     out=$("$bin/llama-bench" -m "$f" -t "$threads" -p "$prefill" -n "$decode" -r 1 -o csv 2>/dev/null)
-    p=$(echo "$out" | awk -F, -v n="\"$prefill\"" 'NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i }
-        NR > 1 && $h["\"n_prompt\""] == n && $h["\"n_gen\""] == "\"0\"" { gsub(/"/, "", $h["\"avg_ts\""]); print $h["\"avg_ts\""] }')
-    d=$(echo "$out" | awk -F, -v n="\"$decode\"" 'NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i }
-        NR > 1 && $h["\"n_gen\""] == n && $h["\"n_prompt\""] == "\"0\"" { gsub(/"/, "", $h["\"avg_ts\""]); print $h["\"avg_ts\""] }')
+    # CSV: a header of bare names, then one row of quoted values per test (prompt, then gen).
+    ts() {  # avg_ts of the row with n_prompt = $1 and n_gen = $2
+      echo "$out" | tr -d '"' | awk -F, -v p="$1" -v g="$2" 'NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i }
+        NR > 1 && $h["n_prompt"] == p && $h["n_gen"] == g { print $h["avg_ts"] }'
+    }
+    p=$(ts "$prefill" 0)
+    d=$(ts 0 "$decode")
     lp[$t]=$(max "${lp[$t]:-0}" "$p")
     ld[$t]=$(max "${ld[$t]:-0}" "$d")
     log "rep $rep/$reps, $t: amalgam"
