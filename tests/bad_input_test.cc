@@ -436,7 +436,9 @@ TEST_P(BadInput, FailsClearlyAndLeavesNothing) {
       << r.output;
   EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
-  if (!c.output.empty()) EXPECT_FALSE(fs::exists(dir / c.output)) << c.output << " was written";
+  if (!c.output.empty()) {
+    EXPECT_FALSE(fs::exists(dir / c.output)) << c.output << " was written";
+  }
   EXPECT_TRUE(leftovers(dir).empty()) << "staging left behind: " << leftovers(dir)[0];
 }
 

@@ -124,7 +124,7 @@ TEST(KillNine, DestinationIsAbsentOrCompleteAndTheNextRunCleansUp) {
 // message "interrupted", and no result file.
 TEST(Signals, EngineCommandsStopWithStatus130) {
   TempDir dir;
-  for (const std::string command :
+  for (const std::string& command :
        {"perplexity " + q(zoo("base-large")) + " --file " + q(zoo("eval/heldout.txt")) + " -t 1",
         // About 2.5 s of work on an idle machine: every task, one prompt per forward pass.
         "eval " + q(zoo("base-large")) + " --task " + q(zoo("eval/add.json")) + " --task " +
