@@ -42,13 +42,15 @@ inline std::string load_average() {
   return s.substr(0, s.find(' '));
 }
 
-// Runs argv as a child (stdout and stderr to /dev/null when quiet), returning its wall time, CPU
-// time and peak RSS.
-inline RunResult run(const std::vector<std::string>& argv, bool quiet = true) {
+// Runs argv as a child (stdout and stderr to /dev/null when quiet; `env`: extra NAME=VALUE
+// entries), returning its wall time, CPU time and peak RSS.
+inline RunResult run(const std::vector<std::string>& argv, bool quiet = true,
+                     const std::vector<std::string>& env = {}) {
   const auto start = Clock::now();
   pid_t pid = ::fork();
   if (pid < 0) fail("fork failed: {}", std::strerror(errno));
   if (pid == 0) {
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
     if (quiet) {
       const int null = ::open("/dev/null", O_WRONLY);
       ::dup2(null, 1);

@@ -11,114 +11,28 @@
 //
 //   bench_merge [--repeat N] [--threads N] [--cache DIR] [--only NAME,...]
 // --only runs just the named merges (comma-separated: linear, ties, dare_ties, della).
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
 
-#include "core/error.h"
-#include "core/fs.h"
+#include "bench_util.h"
 #include "io/safetensors.h"
 
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-struct RunResult {
-  int status = -1;
-  double seconds = 0;
-  double cpu_seconds = 0;  // user + system
-  long max_rss_kb = 0;
-};
-
-std::string load_average() {
-  std::string s = amalgam::core::read_text_file("/proc/loadavg");
-  return s.substr(0, s.find(' '));
-}
-
-// Runs argv as a child (with extra environment), returning wall time and its peak RSS.
-RunResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}) {
-  const auto start = Clock::now();
-  pid_t pid = ::fork();
-  if (pid < 0) amalgam::fail("fork failed: {}", std::strerror(errno));
-  if (pid == 0) {
-    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    std::perror("execv");
-    std::_Exit(127);
-  }
-  int status = 0;
-  struct rusage usage {};
-  ::wait4(pid, &status, 0, &usage);
-  RunResult r;
-  r.seconds = seconds_since(start);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.max_rss_kb = usage.ru_maxrss;
-  auto secs = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec * 1e-6; };
-  r.cpu_seconds = secs(usage.ru_utime) + secs(usage.ru_stime);
-  return r;
-}
+using namespace amalgam::bench;
 
 std::vector<fs::path> shard_files(const fs::path& model) {
   amalgam::io::Checkpoint c(model);
   std::vector<fs::path> out;
   for (const auto& s : c.shards()) out.push_back(s->path());
   return out;
-}
-
-// read() every file through a 16 MiB buffer.
-double read_files(const std::vector<fs::path>& files) {
-  std::vector<char> buf(16 << 20);
-  const auto start = Clock::now();
-  for (const auto& f : files) {
-    int fd = ::open(f.c_str(), O_RDONLY);
-    if (fd < 0) amalgam::fail("{}: cannot open", f.string());
-    while (::read(fd, buf.data(), buf.size()) > 0) {
-    }
-    ::close(fd);
-  }
-  return seconds_since(start);
-}
-
-// Writes `bytes` to a new file in 16 MiB pieces and fsyncs it; with early_writeback, starts
-// writeback every 64 MiB (sync_file_range) as the amalgam writer does, so that the floor is the
-// faster of the two ways.
-double write_file(const fs::path& path, uint64_t bytes, bool early_writeback) {
-  std::vector<char> buf(16 << 20);
-  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<char>(i * 131 + 7);
-  const auto start = Clock::now();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) amalgam::fail("{}: cannot create", path.string());
-  for (uint64_t done = 0; done < bytes;) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - done));
-    if (::write(fd, buf.data(), n) != static_cast<ssize_t>(n)) amalgam::fail("write failed");
-    done += n;
-    if (early_writeback && done % (uint64_t{64} << 20) == 0) {
-      ::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    }
-  }
-  ::fsync(fd);
-  ::close(fd);
-  const double s = seconds_since(start);
-  fs::remove(path);
-  return s;
 }
 
 struct Measure {
@@ -150,7 +64,8 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "making {} (once)...\n", dir.string());
         fs::remove_all(dir);
         auto r = run({AMALGAM_MAKE_TINYLLAMA, dir.string(), "--seed", std::to_string(i + 1),
-                      "--family", "1"});
+                      "--family", "1"},
+                     /*quiet=*/false);
         if (r.status != 0) amalgam::fail("making {} failed", dir.string());
         amalgam::core::write_text_file(dir / ".complete", "");
       }
@@ -190,7 +105,7 @@ int main(int argc, char** argv) {
                                        "-o",           out.string(), "--force",
                                        "--quiet"};
       if (!threads.empty()) args.insert(args.end(), {"--threads", threads});
-      RunResult r = run(args, {digests});
+      RunResult r = run(args, /*quiet=*/false, {digests});
       if (r.status != 0) amalgam::fail("amalgam merge {} failed", recipe);
       fs::remove_all(out);
       ::sync();
@@ -203,9 +118,9 @@ int main(int argc, char** argv) {
         early{"write output + fsync, early writeback"};
     for (int i = 0; i < repeat; ++i) {
       read.best = std::min(read.best, read_files(files));
-      plain.best = std::min(plain.best, write_file(cache / "floor.bin", out_bytes, false));
+      plain.best = std::min(plain.best, write_and_sync(cache / "floor.bin", out_bytes, false));
       ::sync();
-      early.best = std::min(early.best, write_file(cache / "floor.bin", out_bytes, true));
+      early.best = std::min(early.best, write_and_sync(cache / "floor.bin", out_bytes, true));
       ::sync();
     }
     const double floor = read.best + std::min(plain.best, early.best);
