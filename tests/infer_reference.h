@@ -24,6 +24,15 @@
 
 namespace amalgam::testing {
 
+// n token ids drawn uniformly from [0, vocab).
+inline std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = dist(rng);
+  return ids;
+}
+
 struct TinySpec {
   std::string arch = "llama";  // llama | mistral | qwen2 | mixtral | qwen2_moe
   int64_t D = 64, H = 4, Hkv = 2, d = 16, I = 96, V = 128, L = 2;

@@ -20,6 +20,7 @@
 namespace amalgam::infer {
 namespace {
 
+using testing::random_ids;
 using testing::RefModel;
 using testing::TempDir;
 using testing::TinySpec;
@@ -30,14 +31,6 @@ constexpr double kRefTolerance = 2e-4;
 // differences are fp32 rounding: at most 1e-5 relative to the row's largest |logit| (or 1e-5
 // absolute when logits are below 1). Attention and routing are order-identical by construction.
 constexpr double kBatchTolerance = 1e-5;
-
-std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
 
 double max_abs_diff(std::span<const float> a, const std::vector<double>& b) {
   double m = 0.0;

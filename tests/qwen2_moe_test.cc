@@ -15,20 +15,13 @@
 namespace amalgam::infer {
 namespace {
 
+using testing::random_ids;
 using testing::RefModel;
 using testing::TempDir;
 using testing::TinySpec;
 
 // Engine (fp32 arithmetic) vs reference (fp64) on logits of magnitude ~1-5.
 constexpr double kRefTolerance = 2e-4;
-
-std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
 
 TinySpec qwen2_moe_spec(bool norm_topk) {
   TinySpec s;
