@@ -30,6 +30,11 @@ struct RowChunk {
   int64_t r0, rows;
 };
 
+// Whether w's products take BF16 operands (BF16 products on, BF16 or quantised weights).
+bool bf16_operands(const WeightMatrix& w) {
+  return bf16_compute_enabled() && (w.quant || w.dtype == tensor::DType::kBF16);
+}
+
 // Rounds to the nearest BF16 value, in place.
 void round_to_bf16(float* v, int64_t count) {
   for (int64_t i = 0; i < count; ++i) v[i] = core::bf16_to_f32(core::f32_to_bf16(v[i]));
@@ -52,11 +57,8 @@ std::vector<RowChunk> row_chunks(std::span<const MatmulJob> jobs, int64_t target
 void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, int64_t cols) {
   const KernelSet& k = best_kernels();
   // BF16 products: the same rounding of x (and of dequantised weights) as the oneDNN path.
-  const bool bf16 = bf16_compute_enabled();
   std::vector<float> x_rounded;
-  if (bf16 && std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) {
-        return j.w.quant || j.w.dtype == tensor::DType::kBF16;
-      })) {
+  if (std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return bf16_operands(j.w); })) {
     x_rounded.assign(x_in, x_in + n * cols);
     round_to_bf16(x_rounded.data(), n * cols);
   }
@@ -72,9 +74,8 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
     const RowChunk& ch = chunks[c];
     const WeightMatrix& w = jobs[ch.job].w;
     float* y = jobs[ch.job].y;
-    const float* x = !x_rounded.empty() && (w.quant || w.dtype == tensor::DType::kBF16)
-                         ? x_rounded.data()
-                         : x_in;
+    const bool bf16 = bf16_operands(w);
+    const float* x = bf16 ? x_rounded.data() : x_in;
     if (w.quant) {
       // Blocks of a few rows dequantised into L1/L2 and multiplied from there.
       thread_local std::vector<float> rows_f32;
@@ -125,11 +126,6 @@ std::vector<uint16_t> to_bf16(const float* x, int64_t count) {
 // block goes to a contiguous scratch (oneDNN's fastest kernels want a dense output) and is copied
 // into its columns of y.
 void gemm_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64_t cols) {
-  const KernelSet& k = best_kernels();
-  const bool bf16 = bf16_compute_enabled();
-  auto in_bf16 = [&](const WeightMatrix& w) {
-    return bf16 && (w.quant || w.dtype == tensor::DType::kBF16);
-  };
   // oneDNN compiles one kernel per shape: x is padded with zero rows to a multiple of
   // padded_rows(n), so the varying batch sizes of evaluation and decoding reuse a few kernels.
   const int64_t np = padded_rows(n);
@@ -140,7 +136,7 @@ void gemm_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64
     x = x_padded.data();
   }
   std::vector<uint16_t> x_bf16;
-  if (std::any_of(jobs.begin(), jobs.end(), [&](const MatmulJob& j) { return in_bf16(j.w); }))
+  if (std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return bf16_operands(j.w); }))
     x_bf16 = to_bf16(x, np * cols);
   const auto chunks = row_chunks(jobs, kGemmBlockRows);
   const int64_t count = static_cast<int64_t>(chunks.size());
@@ -153,7 +149,7 @@ void gemm_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64
     const uint8_t* wb = w.data + static_cast<size_t>(ch.r0) * w.row_bytes();
     const size_t block = static_cast<size_t>(ch.rows * cols);
     product.resize(static_cast<size_t>(np * ch.rows));
-    if (in_bf16(w)) {
+    if (bf16_operands(w)) {
       const auto* wh = reinterpret_cast<const uint16_t*>(wb);
       if (w.quant) {
         widened.resize(block);
@@ -167,11 +163,7 @@ void gemm_path(std::span<const MatmulJob> jobs, const float* x, int64_t n, int64
       const float* wf = reinterpret_cast<const float*>(wb);
       if (w.quant || w.dtype != tensor::DType::kF32) {
         widened.resize(block);
-        if (w.quant) {
-          rows_to_f32(w, ch.r0, ch.rows, widened.data());
-        } else {
-          k.to_f32(w.dtype, wb, widened.data(), ch.rows * cols);
-        }
+        rows_to_f32(w, ch.r0, ch.rows, widened.data());
         wf = widened.data();
       }
       gemm_f32(np, ch.rows, cols, x, wf, product.data());
