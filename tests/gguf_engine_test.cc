@@ -50,6 +50,7 @@ float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 TEST(GgufEngine, QuantisedFilesRunAsStoredGiveTheirDequantisedLogits) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   const std::vector<int32_t> ids = {0, 17, 301, 5, 999, 42, 7, 64, 128, 3, 250, 11, 90, 33};
   for (const std::string t : {"q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16"}) {

@@ -26,15 +26,15 @@ int main(int argc, char** argv) {
   bool verbose = false;
   app.add_flag("-q,--quiet", quiet, "No progress bars or informational messages");
   app.add_flag("-v,--verbose", verbose, "More detail on stderr");
-  bool bf16_products = false;
-  app.add_flag("--bf16-products", bf16_products,
-               "Engine: multiply BF16 and quantised weights with activations rounded to BF16 "
-               "(fp32 sums) where the CPU has native BF16; about 2x faster prefill, logits within "
-               "about 1e-2 of fp32 products (docs/performance.md)");
+  bool fp32_products = false;
+  app.add_flag("--fp32-products", fp32_products,
+               "Engine: multiply BF16 and quantised weights with fp32 activations (exact fp32 "
+               "arithmetic on the stored values) instead of activations rounded to BF16; about "
+               "half the prefill speed where the CPU has native BF16 (docs/inference.md)");
   app.parse_complete_callback([&] {
     if (quiet) amalgam::core::set_verbosity(amalgam::core::Verbosity::kQuiet);
     if (verbose) amalgam::core::set_verbosity(amalgam::core::Verbosity::kVerbose);
-    amalgam::infer::set_bf16_compute(bf16_products);
+    amalgam::infer::set_bf16_compute(!fp32_products);
   });
   amalgam::cli::register_inspect(app);
   amalgam::cli::register_tokenize(app);

@@ -20,7 +20,7 @@ const dnnl::engine& cpu_engine() {
   return engine;
 }
 
-std::atomic<bool> g_bf16_compute{false};
+std::atomic<bool> g_bf16_compute{true};
 
 // oneDNN parallelises a call over omp_get_max_threads() threads; the caller is already one thread
 // of the engine's pool, so the call runs on it alone. The setting is the calling thread's own
