@@ -68,7 +68,7 @@ std::vector<Case> cases(GgmlType type) {
 }
 
 // The integer product equals the fp64 product of the values both operands hold, to fp32 rounding
-// of the per-block scale products: 2e-6 of the sum of |terms| (measured at most 3e-7).
+// of the per-block scale products: 2e-6 of the sum of |terms| (measured at most 1e-7).
 TEST(QuantDot, MatchesFp64ReferenceOnEveryKernelSet) {
   for (const QuantDotKernels* k : available_quant_dot()) {
     for (GgmlType type : kTypes) {
@@ -174,7 +174,7 @@ TEST(QuantDot, ActivationsRoundToTheirBlockScale) {
 // within the bound the 8-bit rounding of x allows, sum_j |w_j| d_b(j) / 2 (each activation moves
 // by at most half its block's step d_b = max|x| / 127), and the rms error is what independent
 // rounding errors, uniform in +-d_b / 2, predict: sum_j w_j^2 d_b(j)^2 / 12 per product. Measured
-// within 5% of the prediction: 0.72% of the rms product with blocks of 32, 1.2% with blocks of 256
+// within 10% of the prediction: 0.72% of the rms product with blocks of 32, 1.2% with blocks of 256
 // (these activations hold outliers of 4x every 97 values, so the larger blocks' steps are
 // coarser); tolerance: 0.7x to 1.3x the prediction.
 TEST(QuantDot, DecodeProductsStayWithinTheActivationRoundingOfFp32) {
