@@ -7,6 +7,8 @@
 //
 //   bench_quant_dot [--mb 256] [--reps 5] [--types "q8_0 q4_k q6_k"]
 
+#include "infer/quant_dot.h"
+
 #include <fmt/format.h>
 #include <time.h>
 
@@ -20,7 +22,6 @@
 #include "gguf/quant.h"
 #include "infer/kernels.h"
 #include "infer/matmul.h"
-#include "infer/quant_dot.h"
 
 using namespace amalgam;
 
@@ -63,9 +64,10 @@ int main(int argc, char** argv) {
   std::vector<float> x(kCols);
   for (float& v : x) v = dist(rng);
 
-  fmt::print("single thread, {} MB of {}-wide rows per repetition, best of {}, GB/s of weights "
-             "per CPU second\n",
-             mb, kCols, reps);
+  fmt::print(
+      "single thread, {} MB of {}-wide rows per repetition, best of {}, GB/s of weights "
+      "per CPU second\n",
+      mb, kCols, reps);
   fmt::print("| type | dequantise + fp32 gemv |");
   const auto sets = infer::available_quant_dot();
   for (const auto* k : sets) fmt::print(" integer {} |", k->name);
@@ -121,9 +123,8 @@ int main(int argc, char** argv) {
     for (const auto* k : sets) {
       // The scalar twin is slow: a sixteenth of the matrix is enough to time it.
       const int64_t n = k == &infer::scalar_quant_dot() ? rows / 16 : rows;
-      const double g = best_gbps(reps, rb * n, [&] {
-        k->gemv(type, w.data(), n, kCols, &row, 1, y.data(), n);
-      });
+      const double g =
+          best_gbps(reps, rb * n, [&] { k->gemv(type, w.data(), n, kCols, &row, 1, y.data(), n); });
       fmt::print(" {:.2f} |", g);
     }
     fmt::print("\n");

@@ -3,6 +3,8 @@
 // weights and the dequantised quantised activations (so the integer arithmetic is checked to
 // fp32 rounding), the SIMD variants against the scalar twin, and the decode path's products
 // against fp32 products within the bound the 8-bit rounding of x allows.
+#include "infer/quant_dot.h"
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -14,16 +16,14 @@
 #include "gguf/quant.h"
 #include "infer/gemm.h"
 #include "infer/matmul.h"
-#include "infer/quant_dot.h"
 
 namespace amalgam::infer {
 namespace {
 
 using gguf::GgmlType;
 
-constexpr GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0,
-                               GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ5_K,
-                               GgmlType::kQ6_K};
+constexpr GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                               GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
 
 struct Quantised {
   std::vector<uint8_t> bytes;
@@ -83,8 +83,8 @@ TEST(QuantDot, MatchesFp64ReferenceOnEveryKernelSet) {
         for (int i = 0; i < kNx; ++i) rows.push_back(xq.row(i));
         const int64_t y_stride = c.rows + 1;
         std::vector<float> y(static_cast<size_t>(kNx * y_stride), -7.0f);
-        ASSERT_TRUE(k->gemv(type, w.bytes.data(), c.rows, c.cols, rows.data(), kNx, y.data(),
-                            y_stride));
+        ASSERT_TRUE(
+            k->gemv(type, w.bytes.data(), c.rows, c.cols, rows.data(), kNx, y.data(), y_stride));
         double worst = 0;
         for (int i = 0; i < kNx; ++i) {
           for (int64_t r = 0; r < c.rows; ++r) {
@@ -95,8 +95,8 @@ TEST(QuantDot, MatchesFp64ReferenceOnEveryKernelSet) {
             }
             const double err = std::fabs(y[i * y_stride + r] - ref) / mag;
             worst = std::max(worst, err);
-            EXPECT_LT(err, 2e-6) << k->name << " " << gguf::type_name(type) << " " << c.rows
-                                 << "x" << c.cols << " row " << r << " input " << i;
+            EXPECT_LT(err, 2e-6) << k->name << " " << gguf::type_name(type) << " " << c.rows << "x"
+                                 << c.cols << " row " << r << " input " << i;
           }
           EXPECT_EQ(y[i * y_stride + c.rows], -7.0f) << "wrote past its rows";
         }
@@ -123,8 +123,8 @@ TEST(QuantDot, SimdMatchesScalarTwin) {
       const QuantRow row = xq.row(0);
       std::vector<float> y(rows), ys(rows);
       ASSERT_TRUE(k->gemv(type, w.bytes.data(), rows, cols, &row, 1, y.data(), rows));
-      ASSERT_TRUE(scalar_quant_dot().gemv(type, w.bytes.data(), rows, cols, &row, 1, ys.data(),
-                                          rows));
+      ASSERT_TRUE(
+          scalar_quant_dot().gemv(type, w.bytes.data(), rows, cols, &row, 1, ys.data(), rows));
       for (int64_t r = 0; r < rows; ++r) {
         double mag = 0;
         for (int64_t j = 0; j < cols; ++j) mag += std::fabs(w.values[r * cols + j] * xd[j]);

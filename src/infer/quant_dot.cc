@@ -150,14 +150,29 @@ bool gemv_scalar(GgmlType type, const uint8_t* w, int64_t rows, int64_t cols, co
     for (int i = 0; i < nx; ++i) {
       float v = 0;
       switch (type) {
-        case GgmlType::kQ8_0: v = dot_q8_0(row, x[i], cols / 32); break;
-        case GgmlType::kQ4_0: v = dot_q4_0(row, x[i], cols / 32); break;
-        case GgmlType::kQ5_0: v = dot_q5(row, x[i], cols / 32, false); break;
-        case GgmlType::kQ5_1: v = dot_q5(row, x[i], cols / 32, true); break;
-        case GgmlType::kQ4_K: v = dot_k45(row, x[i], cols / 256, false); break;
-        case GgmlType::kQ5_K: v = dot_k45(row, x[i], cols / 256, true); break;
-        case GgmlType::kQ6_K: v = dot_q6_k(row, x[i], cols / 256); break;
-        default: return false;
+        case GgmlType::kQ8_0:
+          v = dot_q8_0(row, x[i], cols / 32);
+          break;
+        case GgmlType::kQ4_0:
+          v = dot_q4_0(row, x[i], cols / 32);
+          break;
+        case GgmlType::kQ5_0:
+          v = dot_q5(row, x[i], cols / 32, false);
+          break;
+        case GgmlType::kQ5_1:
+          v = dot_q5(row, x[i], cols / 32, true);
+          break;
+        case GgmlType::kQ4_K:
+          v = dot_k45(row, x[i], cols / 256, false);
+          break;
+        case GgmlType::kQ5_K:
+          v = dot_k45(row, x[i], cols / 256, true);
+          break;
+        case GgmlType::kQ6_K:
+          v = dot_q6_k(row, x[i], cols / 256);
+          break;
+        default:
+          return false;
       }
       y[i * y_stride + r] = v;
     }
@@ -198,8 +213,7 @@ int activation_block(GgmlType type) {
 
 void quantize_activations(const float* x, int64_t n, int64_t cols, int block,
                           QuantizedActivations* out) {
-  AMALGAM_CHECK(block == 32 || block == 256, "activation blocks of {} (32 or 256 expected)",
-                block);
+  AMALGAM_CHECK(block == 32 || block == 256, "activation blocks of {} (32 or 256 expected)", block);
   AMALGAM_CHECK(cols % block == 0, "a row of {} activations is not a whole number of blocks of {}",
                 cols, block);
   out->block = block;

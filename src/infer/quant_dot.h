@@ -57,8 +57,8 @@ struct QuantDotKernels {
   // y[i * y_stride + r] = dot(row r of w, x[i]) for r < rows, i < nx. w: `rows` rows of `type`
   // blocks, each `cols` wide; x: nx rows quantised in activation_block(type) blocks.
   // Returns false when `type` has no integer kernel.
-  bool (*gemv)(gguf::GgmlType type, const uint8_t* w, int64_t rows, int64_t cols,
-               const QuantRow* x, int nx, float* y, int64_t y_stride);
+  bool (*gemv)(gguf::GgmlType type, const uint8_t* w, int64_t rows, int64_t cols, const QuantRow* x,
+               int nx, float* y, int64_t y_stride);
 };
 
 const QuantDotKernels& scalar_quant_dot();
