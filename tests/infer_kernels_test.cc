@@ -15,6 +15,7 @@
 #include "infer/kernels.h"
 #include "infer/matmul.h"
 #include "infer/ops.h"
+#include "infer/quant_dot.h"
 #include "infer/thread_pool.h"
 #include "tensor/tensor.h"
 
@@ -180,12 +181,23 @@ TEST(Matmul, QuantisedMatricesMatchTheirDequantisedValues) {
         std::vector<float> y(static_cast<size_t>(n * rows));
         matmul(m, x.data(), n, y.data());
         const bool rounded = bf16_compute_enabled();
-        auto r16 = [&](float v) { return rounded ? core::bf16_to_f32(core::f32_to_bf16(v)) : v; };
+        // Reduced precision: decode multiplies x quantised to 8 bits by the weights as stored
+        // (integer products, infer/quant_dot.h), prefill rounds both operands to BF16.
+        const bool integer = rounded && n <= kGemvMaxRows;
+        std::vector<float> xr(x);
+        if (integer) {
+          QuantizedActivations xq;
+          quantize_activations(x.data(), n, cols, activation_block(type), &xq);
+          xr = dequantize_activations(xq);
+        }
+        auto r16 = [&](float v) {
+          return rounded && !integer ? core::bf16_to_f32(core::f32_to_bf16(v)) : v;
+        };
         for (int64_t t = 0; t < n; ++t) {
           for (int64_t r = 0; r < rows; ++r) {
             double ref = 0.0, mag = 0.0;
             for (int64_t c = 0; c < cols; ++c) {
-              const double p = double{r16(values[r * cols + c])} * r16(x[t * cols + c]);
+              const double p = double{r16(values[r * cols + c])} * r16(xr[t * cols + c]);
               ref += p;
               mag += std::abs(p);
             }
