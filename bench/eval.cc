@@ -110,21 +110,21 @@ int main(int argc, char** argv) {
     double best[2][2] = {{1e300, 1e300}, {1e300, 1e300}};  // [bf16][gen/heldout]
     for (int r = 0; r < repeats; ++r) {
       for (int bf16 : {1, 0}) {
-        infer::set_bf16_compute(bf16 == 1);
+        infer::set_reduced_precision_products(bf16 == 1);
         best[bf16][0] = std::min(
             best[bf16][0], best_seconds(1, [&] { generation.run(*m.model, tok, packed, false); }));
         best[bf16][1] = std::min(
             best[bf16][1], best_seconds(1, [&] { heldout.run(*m.model, tok, packed, false); }));
       }
     }
-    infer::set_bf16_compute(true);
+    infer::set_reduced_precision_products(true);
     const double rows = static_cast<double>(heldout.tasks()[0].size());
     fmt::print("\n| products ({} threads, packed) | add+rev+sort items/s | heldout rows/s |\n",
                thread_counts.back());
     fmt::print("|---|---|---|\n");
     fmt::print("| fp32 | {:.0f} | {:.1f} |\n", gen_items / best[0][0], rows / best[0][1]);
     fmt::print("| BF16{} | {:.0f} ({:.2f}x) | {:.1f} ({:.2f}x) |\n",
-               infer::bf16_compute_enabled() ? "" : " (no native BF16: fp32)",
+               infer::reduced_precision_products() ? "" : " (no native BF16: fp32)",
                gen_items / best[1][0], best[0][0] / best[1][0], rows / best[1][1],
                best[0][1] / best[1][1]);
   }

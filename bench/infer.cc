@@ -4,10 +4,11 @@
 // tokens/s, next to the memory-bandwidth bound of decoding (weight bytes per token divided by
 // the measured read bandwidth). The checkpoints are generated once into bench/.cache. `--model`
 // runs given checkpoints or GGUF files instead (e.g. amalgam's GGUF exports of the same
-// checkpoint, which bench/vs_llama_cpp.sh also gives llama.cpp). `--bf16-products` adds, for every
-// model with BF16 or quantised weights, a run with BF16 products (infer/gemm.h), side by side.
+// checkpoint, which bench/vs_llama_cpp.sh also gives llama.cpp). Runs use the engine's default
+// reduced-precision products (infer/gemm.h); `--fp32-products` adds, for every model with BF16 or
+// quantised weights, a run with fp32 products, side by side.
 //
-//   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--bf16-products]
+//   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--fp32-products]
 //               [--prefill 512] [--decode 128] [--in-memory]
 
 // GCC 12 reports its own intrinsic headers' "undefined register" idiom as uninitialised use.
@@ -164,8 +165,8 @@ struct Result {
 };
 
 Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens,
-           int64_t decode_tokens, bool in_memory, bool bf16_compute) {
-  infer::set_bf16_compute(bf16_compute);
+           int64_t decode_tokens, bool in_memory, bool reduced_precision) {
+  infer::set_reduced_precision_products(reduced_precision);
   infer::LoadOptions lo;
   lo.in_memory = in_memory;
   auto model = infer::load_model(dir, lo);
@@ -234,21 +235,22 @@ int main(int argc, char** argv) {
   app.add_flag("--in-memory", in_memory, "Copy the weights into huge-page memory (no mmap)");
   std::vector<std::string> models;
   app.add_option("--model", models, "Checkpoint directory or .gguf file to run (repeatable)");
-  bool bf16_products = false;
-  app.add_flag("--bf16-products", bf16_products,
-               "Also run BF16 and quantised models with BF16 products (where the CPU has them)");
+  bool fp32_products = false;
+  app.add_flag("--fp32-products", fp32_products,
+               "Also run BF16 and quantised models with fp32 products (where the default is "
+               "reduced-precision products: CPUs with native BF16)");
   CLI11_PARSE(app, argc, argv);
   infer::set_num_threads(threads);
   struct Run {
     std::string label;
     fs::path path;
-    bool bf16_compute;
+    bool reduced_precision;
   };
   std::vector<Run> runs;
   auto add_run = [&](const std::string& label, const fs::path& path, bool native_possible) {
-    runs.push_back({label, path, false});
-    if (bf16_products && native_possible && infer::cpu_has_native_bf16()) {
-      runs.push_back({label + " (bf16 products)", path, true});
+    runs.push_back({label, path, true});
+    if (fp32_products && native_possible && infer::cpu_has_native_bf16()) {
+      runs.push_back({label + " (fp32 products)", path, false});
     }
   };
   if (models.empty()) {
@@ -272,7 +274,7 @@ int main(int argc, char** argv) {
   fmt::print(stderr, "read bandwidth {:.1f} GB/s, load average {:.2f}\n", before, load[0]);
   std::vector<Result> results;
   for (const Run& r : runs) {
-    results.push_back(run(r.path, r.label, prefill, decode, in_memory, r.bf16_compute));
+    results.push_back(run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision));
   }
   const double after = huge_page_bandwidth(threads);
   double load_after[3] = {0, 0, 0};

@@ -82,11 +82,11 @@ TEST(GgufEngine, NativeBf16ProductsStayCloseToFp32) {
   const fs::path out = dir / "q8_0.gguf";
   gguf::export_gguf(zoo("base"), out, o);
   auto m = infer::load_model(out);
-  infer::set_bf16_compute(false);
+  infer::set_reduced_precision_products(false);
   const Logits fp32 = run(*m, ids);
-  infer::set_bf16_compute(true);
+  infer::set_reduced_precision_products(true);
   const Logits bf16 = run(*m, ids);
-  infer::set_bf16_compute(false);
+  infer::set_reduced_precision_products(false);
   const float d = max_diff(fp32.prefill, bf16.prefill);
   RecordProperty("q8_0_bf16_vs_fp32_max_logit_diff", std::to_string(d));
   EXPECT_GT(d, 0.0f);  // the path was taken

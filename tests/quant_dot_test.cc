@@ -186,11 +186,11 @@ TEST(QuantDot, DecodeProductsStayWithinTheActivationRoundingOfFp32) {
     for (int64_t n : {1, 3, 8}) {
       const std::vector<float> x = random_values(n * cols, 17, 4.0f);
       std::vector<float> y_fp32(static_cast<size_t>(n * rows)), y_int(y_fp32.size());
-      set_bf16_compute(false);
+      set_reduced_precision_products(false);
       matmul(m, x.data(), n, y_fp32.data());
-      set_bf16_compute(true);
+      set_reduced_precision_products(true);
       matmul(m, x.data(), n, y_int.data());
-      set_bf16_compute(false);
+      set_reduced_precision_products(false);
       QuantizedActivations xq;
       quantize_activations(x.data(), n, cols, activation_block(type), &xq);
       double err2 = 0, predicted2 = 0, ref2 = 0;

@@ -74,9 +74,9 @@ std::string read_file(const fs::path& path) {
   return s.str();
 }
 
-Fp32Products::Fp32Products() : previous_(infer::bf16_compute_enabled()) {
-  infer::set_bf16_compute(false);
+Fp32Products::Fp32Products() : previous_(infer::reduced_precision_products()) {
+  infer::set_reduced_precision_products(false);
 }
-Fp32Products::~Fp32Products() { infer::set_bf16_compute(previous_); }
+Fp32Products::~Fp32Products() { infer::set_reduced_precision_products(previous_); }
 
 }  // namespace amalgam::testing

@@ -115,7 +115,7 @@ TEST_P(Transformers, LogitsAndHiddenStatesMatch) {
 // may differ where transformers' top two logits are closer than that (random weights have such
 // near ties). The float32 checkpoints are unaffected (their products stay fp32).
 TEST_P(Transformers, Bf16ProductsStayWithinTheirTolerance) {
-  if (!infer::bf16_compute_enabled()) GTEST_SKIP() << "no native BF16 on this CPU";
+  if (!infer::reduced_precision_products()) GTEST_SKIP() << "no native BF16 on this CPU";
   const json ref = reference(GetParam());
   auto model = infer::load_model(refs(GetParam()));
   constexpr double kBf16Tolerance = 3e-3;

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] {
     if (quiet) amalgam::core::set_verbosity(amalgam::core::Verbosity::kQuiet);
     if (verbose) amalgam::core::set_verbosity(amalgam::core::Verbosity::kVerbose);
-    amalgam::infer::set_bf16_compute(!fp32_products);
+    amalgam::infer::set_reduced_precision_products(!fp32_products);
   });
   amalgam::cli::register_inspect(app);
   amalgam::cli::register_tokenize(app);

@@ -33,13 +33,13 @@ struct RowChunk {
 
 // Whether w's products take BF16 operands (BF16 products on, BF16 or quantised weights).
 bool bf16_operands(const WeightMatrix& w) {
-  return bf16_compute_enabled() && (w.quant || w.dtype == tensor::DType::kBF16);
+  return reduced_precision_products() && (w.quant || w.dtype == tensor::DType::kBF16);
 }
 
 // Whether w's decode products are integer dot products on 8-bit activations (quant_dot.h): the
 // reduced-precision switch is on and w's block type has an integer kernel.
 bool integer_operands(const WeightMatrix& w) {
-  return w.quant && bf16_compute_enabled() && activation_block(*w.quant) != 0;
+  return w.quant && reduced_precision_products() && activation_block(*w.quant) != 0;
 }
 
 // Rounds to the nearest BF16 value, in place.
