@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "infer/gemm.h"
+#include "infer/kv_kernels.h"
 #include "infer/ops.h"
 #include "infer/thread_pool.h"
 
@@ -44,39 +45,50 @@ float softmax_row(float* __restrict s, int64_t n) {
   return 1.0f / sum;
 }
 
-// One token, one head, by loops over the visible entries. qh (d), out (d).
-void attend_one(const KVCache::Sequence& s, int64_t layer, int32_t p, const float* qh,
+// Entries [first, last) of s hold every entry visible from some position in [min_p, max_p]
+// (first == last when none is).
+void visible_span(const KVCache::Sequence& s, int32_t min_p, int32_t max_p, Mask mask,
+                  int64_t& first, int64_t& last) {
+  const int64_t entries = static_cast<int64_t>(s.pos.size());
+  first = entries;
+  last = 0;
+  for (int64_t j = 0; j < entries; ++j) {
+    const int32_t pj = s.pos[j];
+    const bool seen = mask.causal ? pj <= max_p && (mask.window <= 0 ||
+                                                    static_cast<int64_t>(min_p) - pj < mask.window)
+                                  : mask.visible(min_p, pj) || mask.visible(max_p, pj);
+    if (seen) {
+      first = std::min(first, j);
+      last = j + 1;
+    }
+  }
+  if (first > last) first = last;
+}
+
+// One token, one head, through the KV kernels (cache rows widened in registers). qh (d), out (d).
+void attend_one(const KVCache::Sequence& s, KVType type, int64_t layer, int32_t p, const float* qh,
                 int64_t kv_offset, int64_t kvdim, int64_t d, Mask mask, float scale,
                 std::vector<float>& scores, float* out) {
-  const float* K = s.k[layer].data() + kv_offset;
-  const float* V = s.v[layer].data() + kv_offset;
-  const int64_t entries = static_cast<int64_t>(s.pos.size());
-  scores.resize(static_cast<size_t>(entries));
-  for (int64_t j = 0; j < entries; ++j) {
-    if (!mask.visible(p, s.pos[j])) {
-      scores[j] = kMasked;
-      continue;
-    }
-    const float* kj = K + j * kvdim;
-    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t i = 0; i < d; ++i) dot += qh[i] * kj[i];
-    scores[j] = dot * scale;
+  const KVKernelSet& kernels = kv_best_kernels();
+  const int64_t elem = static_cast<int64_t>(kv_type_size(type)), stride = kvdim * elem;
+  int64_t first = 0, last = 0;
+  visible_span(s, p, p, mask, first, last);
+  const int64_t span = last - first;  // >= 1: a query sees at least itself
+  const uint8_t* K = s.k[layer].data() + first * stride + kv_offset * elem;
+  const uint8_t* V = s.v[layer].data() + first * stride + kv_offset * elem;
+  scores.resize(static_cast<size_t>(span));
+  kernels.dot_rows(type, K, stride, span, qh, d, scale, scores.data());
+  for (int64_t j = 0; j < span; ++j) {
+    if (!mask.visible(p, s.pos[first + j])) scores[j] = kMasked;
   }
-  const float inv = softmax_row(scores.data(), entries);
+  const float inv = softmax_row(scores.data(), span);
   std::fill(out, out + d, 0.0f);
-  for (int64_t j = 0; j < entries; ++j) {
-    if (scores[j] == 0.0f) continue;
-    const float w = scores[j];
-    const float* vj = V + j * kvdim;
-#pragma omp simd
-    for (int64_t i = 0; i < d; ++i) out[i] += w * vj[i];
-  }
+  kernels.add_rows(type, V, stride, span, scores.data(), d, out);
   for (int64_t i = 0; i < d; ++i) out[i] *= inv;
 }
 
 struct Scratch {
-  std::vector<float> scores, q, o, inv;
+  std::vector<float> scores, q, o, inv, k, v;
 };
 
 // Queries per sgemm block: blocks of a causal prefill only read the keys up to their last
@@ -85,33 +97,20 @@ constexpr int64_t kQueryBlock = 64;
 
 // m queries of one sequence, one head, through two sgemm calls per block of kQueryBlock queries.
 // rows: batch indices of the queries; q (n, H*d) of the batch; out likewise.
-void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* tokens,
+void attend_block(const KVCache::Sequence& s, KVType type, int64_t layer, const BatchToken* tokens,
                   const std::vector<int64_t>& rows, const float* q, int64_t head, int64_t qdim,
                   int64_t kv_offset, int64_t kvdim, int64_t d, Mask mask, float scale, Scratch& w,
                   float* out) {
-  const int64_t entries = static_cast<int64_t>(s.pos.size());
   for (size_t b0 = 0; b0 < rows.size(); b0 += kQueryBlock) {
     const int64_t m = std::min<int64_t>(kQueryBlock, static_cast<int64_t>(rows.size() - b0));
     const int64_t* block = rows.data() + b0;
-    // Entries [first, last) hold every entry visible to some query of the block.
     int32_t min_p = tokens[block[0]].pos, max_p = min_p;
     for (int64_t i = 1; i < m; ++i) {
       min_p = std::min(min_p, tokens[block[i]].pos);
       max_p = std::max(max_p, tokens[block[i]].pos);
     }
-    int64_t first = entries, last = 0;
-    for (int64_t j = 0; j < entries; ++j) {
-      const int32_t pj = s.pos[j];
-      // Visible to some query of the block (positions min_p .. max_p).
-      const bool seen =
-          mask.causal
-              ? pj <= max_p && (mask.window <= 0 || static_cast<int64_t>(min_p) - pj < mask.window)
-              : mask.visible(min_p, pj) || mask.visible(max_p, pj);
-      if (seen) {
-        first = std::min(first, j);
-        last = j + 1;
-      }
-    }
+    int64_t first = 0, last = 0;
+    visible_span(s, min_p, max_p, mask, first, last);
     const int64_t span = last - first;  // >= 1: each query sees at least itself
     w.q.resize(static_cast<size_t>(m * d));
     w.o.resize(static_cast<size_t>(m * d));
@@ -120,10 +119,24 @@ void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* t
     for (int64_t i = 0; i < m; ++i) {
       std::copy(q + block[i] * qdim + head * d, q + block[i] * qdim + (head + 1) * d, &w.q[i * d]);
     }
-    const float* K = s.k[layer].data() + first * kvdim + kv_offset;
-    const float* V = s.v[layer].data() + first * kvdim + kv_offset;
+    // K, V (span, d) of this head: read in place (fp32), or widened into scratch (bf16 / f16).
+    const int64_t elem = static_cast<int64_t>(kv_type_size(type)), stride = kvdim * elem;
+    const uint8_t* Kb = s.k[layer].data() + first * stride + kv_offset * elem;
+    const uint8_t* Vb = s.v[layer].data() + first * stride + kv_offset * elem;
+    const float* K = reinterpret_cast<const float*>(Kb);
+    const float* V = reinterpret_cast<const float*>(Vb);
+    int64_t ld = kvdim;
+    if (type != KVType::kF32) {
+      w.k.resize(static_cast<size_t>(span * d));
+      w.v.resize(static_cast<size_t>(span * d));
+      kv_best_kernels().widen_rows(type, Kb, stride, span, d, w.k.data());
+      kv_best_kernels().widen_rows(type, Vb, stride, span, d, w.v.data());
+      K = w.k.data();
+      V = w.v.data();
+      ld = d;
+    }
     // S (m, span) = scale * Qh (m, d) . K^T
-    sgemm(false, true, m, span, d, scale, w.q.data(), d, K, kvdim, 0.0f, w.scores.data(), span);
+    sgemm(false, true, m, span, d, scale, w.q.data(), d, K, ld, 0.0f, w.scores.data(), span);
     for (int64_t i = 0; i < m; ++i) {
       float* row = &w.scores[i * span];
       const int32_t p = tokens[block[i]].pos;
@@ -133,7 +146,7 @@ void attend_block(const KVCache::Sequence& s, int64_t layer, const BatchToken* t
       w.inv[i] = softmax_row(row, span);
     }
     // O (m, d) = P (m, span) . V (span, d)
-    sgemm(false, false, m, d, span, 1.0f, w.scores.data(), span, V, kvdim, 0.0f, w.o.data(), d);
+    sgemm(false, false, m, d, span, 1.0f, w.scores.data(), span, V, ld, 0.0f, w.o.data(), d);
     for (int64_t i = 0; i < m; ++i) {
       float* o = out + block[i] * qdim + head * d;
       for (int64_t k = 0; k < d; ++k) o[k] = w.o[i * d + k] * w.inv[i];
@@ -178,12 +191,12 @@ void attention(const AttentionShape& shape, const BatchToken* tokens, int64_t n,
       const Task& task = tasks[i];
       const int64_t kv_offset = (task.head / group) * d;
       if (task.rows != nullptr) {
-        attend_block(*task.seq, layer, tokens, *task.rows, q, task.head, qdim, kv_offset, kvdim, d,
-                     mask, scale, scratch, out);
+        attend_block(*task.seq, cache.type(), layer, tokens, *task.rows, q, task.head, qdim,
+                     kv_offset, kvdim, d, mask, scale, scratch, out);
       } else {
-        attend_one(*task.seq, layer, tokens[task.token].pos, q + task.token * qdim + task.head * d,
-                   kv_offset, kvdim, d, mask, scale, scratch.scores,
-                   out + task.token * qdim + task.head * d);
+        attend_one(*task.seq, cache.type(), layer, tokens[task.token].pos,
+                   q + task.token * qdim + task.head * d, kv_offset, kvdim, d, mask, scale,
+                   scratch.scores, out + task.token * qdim + task.head * d);
       }
     }
   };

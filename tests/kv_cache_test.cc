@@ -1,0 +1,403 @@
+// The KV cache's storage types (f32, bf16, f16) and its sliding-window eviction: the attention
+// kernels against an fp64 reference, half-precision caches against the fp32 cache on the zoo
+// models and on a random Mistral-shaped model, eviction against a cache that keeps everything,
+// and the errors of rewinding past evicted entries.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "infer/kv_kernels.h"
+#include "infer/model.h"
+#include "infer_reference.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace amalgam::infer {
+namespace {
+
+using testing::random_ids;
+using testing::TempDir;
+using testing::TinySpec;
+
+// bf16 / f16 cache vs fp32 cache: largest logit difference divided by max(1, largest |logit| of
+// the row). Measured: the zoo experts and base (logits up to ~20) bf16 1.65e-2, f16 2.1e-3; the
+// random Mistral-shaped model bf16 1.05e-2, f16 1.2e-3. A bf16 key or value keeps 8 significant
+// bits (relative rounding error up to 2^-9), f16 11 (2^-12): f16 is ~8x closer.
+constexpr double kBF16Tolerance = 3e-2;
+constexpr double kF16Tolerance = 4e-3;
+// Eviction only drops entries every later query masks: the same floats go through the same
+// kernels, so the logits are equal; the bound allows for nothing but a different summation.
+constexpr double kEvictionTolerance = 1e-6;
+
+double row_diff(std::span<const float> a, std::span<const float> b) {
+  double scale = 1.0, diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::abs(b[i])));
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return diff / scale;
+}
+
+int32_t argmax(std::span<const float> row) {
+  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+
+// Rows rounded to `type` and encoded; `values` receives what the encoded rows hold.
+std::vector<uint8_t> encode_rows(KVType type, int64_t n, int64_t width, uint32_t seed,
+                                 std::vector<double>& values) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const size_t size = kv_type_size(type);
+  std::vector<uint8_t> bytes(static_cast<size_t>(n * width) * size);
+  values.resize(static_cast<size_t>(n * width));
+  for (int64_t i = 0; i < n * width; ++i) {
+    const float x = dist(rng);
+    if (type == KVType::kF32) {
+      std::memcpy(&bytes[i * 4], &x, 4);
+      values[i] = x;
+    } else {
+      const uint16_t h = type == KVType::kBF16 ? core::f32_to_bf16(x) : core::f32_to_f16(x);
+      std::memcpy(&bytes[i * 2], &h, 2);
+      values[i] = type == KVType::kBF16 ? core::bf16_to_f32(h) : core::f16_to_f32(h);
+    }
+  }
+  return bytes;
+}
+
+TEST(KVKernels, EverySetMatchesAnFp64Reference) {
+  // d = 40 leaves a tail after whole registers; rows sit inside wider rows (kv heads).
+  const int64_t n = 37, d = 40, width = 3 * d, offset = d;
+  const float scale = 0.125f;
+  for (KVType type : {KVType::kF32, KVType::kBF16, KVType::kF16}) {
+    std::vector<double> values;
+    const auto bytes = encode_rows(type, n, width, 3, values);
+    const int64_t elem = static_cast<int64_t>(kv_type_size(type)), stride = width * elem;
+    std::vector<float> q(static_cast<size_t>(d)), w(static_cast<size_t>(n));
+    std::mt19937 rng(4);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (float& x : q) x = dist(rng);
+    for (int64_t j = 0; j < n; ++j) w[j] = j % 5 == 0 ? 0.0f : std::abs(dist(rng));
+    std::vector<double> ref_scores(n), ref_out(d, 0.5);
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0.0;
+      for (int64_t i = 0; i < d; ++i) s += q[i] * values[j * width + offset + i];
+      ref_scores[j] = s * scale;
+      for (int64_t i = 0; i < d; ++i) ref_out[i] += w[j] * values[j * width + offset + i];
+    }
+    for (const KVKernelSet* set : kv_available_kernel_sets()) {
+      SCOPED_TRACE(fmt::format("{} {}", set->name, kv_type_name(type)));
+      std::vector<float> scores(n), out(d, 0.5f), wide(n * d);
+      const uint8_t* base = bytes.data() + offset * elem;
+      set->dot_rows(type, base, stride, n, q.data(), d, scale, scores.data());
+      set->add_rows(type, base, stride, n, w.data(), d, out.data());
+      set->widen_rows(type, base, stride, n, d, wide.data());
+      for (int64_t j = 0; j < n; ++j) EXPECT_NEAR(scores[j], ref_scores[j], 1e-5) << j;
+      for (int64_t i = 0; i < d; ++i) EXPECT_NEAR(out[i], ref_out[i], 1e-4) << i;
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t i = 0; i < d; ++i) {
+          ASSERT_EQ(wide[j * d + i], values[j * width + offset + i]);  // widening is exact
+        }
+      }
+    }
+  }
+}
+
+TEST(KVCacheStorage, TypesNamesAndBytes) {
+  EXPECT_EQ(parse_kv_type("bf16"), KVType::kBF16);
+  EXPECT_EQ(parse_kv_type("f16"), KVType::kF16);
+  EXPECT_EQ(parse_kv_type("f32"), KVType::kF32);
+  try {
+    parse_kv_type("q8_0");
+    FAIL() << "q8_0 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'q8_0' is not one of f32, bf16, f16"), std::string::npos)
+        << e.what();
+  }
+  // 3 layers, kv_dim 8, 5 entries in two sequences: 5 x 3 x 2 x 8 values.
+  for (KVType type : {KVType::kF32, KVType::kBF16, KVType::kF16}) {
+    KVCache cache(3, 8, type);
+    for (int32_t p = 0; p < 3; ++p) cache.append(0, p);
+    for (int32_t p = 0; p < 2; ++p) cache.append(1, p);
+    EXPECT_EQ(cache.bytes(), 5u * 3 * 2 * 8 * kv_type_size(type));
+  }
+  // Values are rounded to nearest-even when written.
+  KVCache cache(1, 2, KVType::kBF16);
+  const int64_t e = cache.append(0, 0);
+  const float k[2] = {1.0f + 1.0f / 512, 3.14159f}, v[2] = {-2.5f, 1e-3f};
+  cache.write(cache.sequence(0), 0, e, k, v);
+  uint16_t stored[2];
+  std::memcpy(stored, cache.find(0)->k[0].data(), 4);
+  EXPECT_EQ(stored[0], core::f32_to_bf16(k[0]));
+  EXPECT_EQ(core::bf16_to_f32(stored[0]), 1.0f);  // the tie goes to the even neighbour
+  EXPECT_EQ(stored[1], core::f32_to_bf16(k[1]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-precision caches against the fp32 cache
+
+struct Trace {
+  std::vector<std::vector<float>> logits;  // per step: the last prompt row, then each decode
+  std::vector<int32_t> tokens;             // greedy continuation
+  size_t bytes = 0;                        // cache bytes at the end
+  std::vector<int64_t> sizes;              // entries of the sequence after each step
+};
+
+// Prefill `prompt` (micro-batches of `micro_batch`), then greedy decoding of `steps` tokens or
+// until `stop`.
+Trace greedy(const Model& model, KVCache& cache, const std::vector<int32_t>& prompt, int64_t steps,
+             int64_t micro_batch = 512, int32_t stop = -1) {
+  Trace trace;
+  ForwardOptions options;
+  options.micro_batch = micro_batch;
+  Batch batch;
+  batch.add_sequence(prompt, 0, 0, false);
+  batch.tokens.back().logits = true;
+  ForwardResult r = model.forward(batch, cache, options);
+  int32_t pos = static_cast<int32_t>(prompt.size());
+  for (int64_t step = 0;; ++step) {
+    trace.logits.emplace_back(r.row(0).begin(), r.row(0).end());
+    trace.sizes.push_back(cache.size(0));
+    if (step == steps) break;
+    const int32_t next = argmax(r.row(0));
+    trace.tokens.push_back(next);
+    if (next == stop) break;
+    Batch one;
+    one.add(next, pos++, 0, true);
+    r = model.forward(one, cache, options);
+  }
+  trace.bytes = cache.bytes();
+  return trace;
+}
+
+std::vector<std::string> task_prompts(const std::string& task, size_t count) {
+  const auto items =
+      nlohmann::json::parse(testing::read_file(testing::zoo("eval") / (task + ".json")));
+  std::vector<std::string> prompts;
+  for (size_t i = 0; i < count && i < items.size(); ++i) prompts.push_back(items[i]["prompt"]);
+  return prompts;
+}
+
+// The task experts on the first 20 prompts of their task, greedy until </s> as the zoo's
+// scoring (data/zoo/README.md). Logits are compared at every step the two runs share (a step
+// after a different token would compare different contexts).
+TEST(KVCacheHalf, ZooModelsGiveTheSameGreedyTokensAndCloseLogits) {
+  const std::vector<std::pair<std::string, std::string>> runs = {
+      {"add-expert", "add"}, {"rev-expert", "rev"}, {"sort-expert", "sort"}, {"base", "sort"}};
+  constexpr int32_t kEos = 1;
+  double worst[2] = {0.0, 0.0};
+  for (const auto& [name, task] : runs) {
+    auto model = load_model(testing::zoo(name));
+    auto tok = tokenizer::Tokenizer::from_directory(testing::zoo(name));
+    for (const std::string& text : task_prompts(task, 20)) {
+      const auto prompt = tok.encode(text);
+      KVCache f32 = model->new_cache(KVType::kF32);
+      const Trace ref = greedy(*model, f32, prompt, 8, 512, kEos);
+      int i = 0;
+      for (KVType type : {KVType::kBF16, KVType::kF16}) {
+        SCOPED_TRACE(fmt::format("{} '{}' {}", name, text, kv_type_name(type)));
+        KVCache cache = model->new_cache(type);
+        const Trace got = greedy(*model, cache, prompt, 8, 512, kEos);
+        EXPECT_EQ(got.tokens, ref.tokens);
+        EXPECT_EQ(got.bytes * 2, ref.bytes);
+        for (size_t s = 0; s < ref.logits.size() && s < got.logits.size(); ++s) {
+          worst[i] = std::max(worst[i], row_diff(got.logits[s], ref.logits[s]));
+          if (s < ref.tokens.size() && got.tokens[s] != ref.tokens[s]) break;
+        }
+        ++i;
+      }
+    }
+  }
+  std::printf("zoo: worst scaled logit difference bf16 %.3g, f16 %.3g\n", worst[0], worst[1]);
+  EXPECT_LT(worst[0], kBF16Tolerance);
+  EXPECT_LT(worst[1], kF16Tolerance);
+  EXPECT_GT(worst[0], 0.0);  // the cache really is rounded
+}
+
+TinySpec mistral_spec(int64_t window) {
+  TinySpec spec;
+  spec.arch = "mistral";
+  spec.D = 128;
+  spec.H = 8;
+  spec.Hkv = 2;
+  spec.d = 16;
+  spec.I = 192;
+  spec.V = 256;
+  spec.L = 3;
+  spec.window = window;
+  spec.seed = 11;
+  return spec;
+}
+
+TEST(KVCacheHalf, MistralShapedModelStaysWithinTolerance) {
+  TempDir dir;
+  const TinySpec spec = mistral_spec(24);
+  testing::write_tiny_model(dir.path(), spec);
+  auto model = load_model(dir.path());
+  const auto prompt = random_ids(40, spec.V, 5);
+  KVCache f32 = model->new_cache(KVType::kF32);
+  const Trace ref = greedy(*model, f32, prompt, 60);
+  double worst[2] = {0.0, 0.0};
+  int i = 0;
+  for (KVType type : {KVType::kBF16, KVType::kF16}) {
+    SCOPED_TRACE(kv_type_name(type));
+    KVCache cache = model->new_cache(type);
+    const Trace got = greedy(*model, cache, prompt, 60);
+    for (size_t s = 0; s < ref.logits.size(); ++s) {
+      worst[i] = std::max(worst[i], row_diff(got.logits[s], ref.logits[s]));
+    }
+    ++i;
+  }
+  std::printf("mistral: worst scaled logit difference bf16 %.3g, f16 %.3g\n", worst[0], worst[1]);
+  EXPECT_LT(worst[0], kBF16Tolerance);
+  EXPECT_LT(worst[1], kF16Tolerance);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sliding-window eviction
+
+TEST(KVCacheEviction, LongGenerationEqualsAFullCacheAndStaysBounded) {
+  TempDir dir;
+  const int64_t window = 16;
+  const TinySpec spec = mistral_spec(window);
+  testing::write_tiny_model(dir.path(), spec);
+  auto model = load_model(dir.path());
+  EXPECT_EQ(model->eviction_window(), window);
+  // A prompt of 100 tokens in micro-batches of 32 evicts during the prefill too; 200 decoded.
+  const auto prompt = random_ids(100, spec.V, 9);
+  for (KVType type : {KVType::kF32, KVType::kBF16}) {
+    SCOPED_TRACE(kv_type_name(type));
+    KVCache full = model->new_cache(type, /*evict=*/false);
+    KVCache evicting = model->new_cache(type);
+    EXPECT_EQ(full.evict_window(), 0);
+    EXPECT_EQ(evicting.evict_window(), window);
+    const Trace ref = greedy(*model, full, prompt, 200, 32);
+    const Trace got = greedy(*model, evicting, prompt, 200, 32);
+    EXPECT_EQ(got.tokens, ref.tokens);
+    double worst = 0.0;
+    for (size_t s = 0; s < ref.logits.size(); ++s) {
+      worst = std::max(worst, row_diff(got.logits[s], ref.logits[s]));
+    }
+    std::printf("eviction (%s): worst scaled logit difference %.3g\n",
+                std::string(kv_type_name(type)).c_str(), worst);
+    EXPECT_LE(worst, kEvictionTolerance);
+    // At most window + window/8 entries kept after every step; the full cache keeps all 300.
+    for (int64_t size : got.sizes) EXPECT_LE(size, window + window / 8);
+    EXPECT_EQ(ref.sizes.back(), 300);
+    const size_t per_entry = 2 * spec.L * spec.Hkv * spec.d * kv_type_size(type);
+    EXPECT_LE(got.bytes, (window + window / 8) * per_entry);
+    EXPECT_EQ(ref.bytes, 300 * per_entry);
+  }
+}
+
+TEST(KVCacheEviction, OnlyWhenEveryLayerSlides) {
+  TempDir dir;
+  TinySpec qwen;
+  qwen.arch = "qwen2";
+  qwen.window = 4;
+  qwen.max_window_layers = 1;  // layer 0 attends to everything
+  testing::write_tiny_model(dir.path(), qwen);
+  auto model = load_model(dir.path());
+  EXPECT_EQ(model->eviction_window(), 0);
+  EXPECT_EQ(model->new_cache().evict_window(), 0);
+  TempDir llama_dir;
+  testing::write_tiny_model(llama_dir.path(), TinySpec{});
+  EXPECT_EQ(load_model(llama_dir.path())->eviction_window(), 0);
+  // A cache evicting by a window the model does not have is refused.
+  auto llama = load_model(llama_dir.path());
+  KVCache wrong(llama->num_layers(), llama->config().num_kv_heads * llama->config().head_dim,
+                KVType::kF32, 8);
+  Batch b;
+  b.add(1, 0, 0, true);
+  EXPECT_THROW(llama->forward(b, wrong), Error);
+}
+
+TEST(KVCacheEviction, RewindingPastEvictedEntriesFailsAndTheCacheIsUnchanged) {
+  TempDir dir;
+  const int64_t window = 8;
+  const TinySpec spec = mistral_spec(window);
+  testing::write_tiny_model(dir.path(), spec);
+  auto model = load_model(dir.path());
+  const auto ids = random_ids(60, spec.V, 13);
+  // One token per micro-batch throughout, as generation does: the same products as below.
+  ForwardOptions options;
+  options.micro_batch = 1;
+  KVCache full = model->new_cache(KVType::kF32, false);
+  Batch all;
+  all.add_sequence(ids, 0, 0, true);
+  const ForwardResult expected = model->forward(all, full, options);
+
+  KVCache cache = model->new_cache(KVType::kF32);
+  Batch head;
+  head.add_sequence(std::vector<int32_t>(ids.begin(), ids.begin() + 40), 0, 0, false);
+  model->forward(head, cache, options);
+  // Newest position 39: evicted in batches of window / 8 = 1, so positions <= 31 are gone and
+  // 32..39 are kept: a continuation at 39 sees 32..39; one at 38 would need 31.
+  EXPECT_EQ(cache.size(0), window);
+  EXPECT_EQ(cache.earliest_continuation(0), 39);
+  const size_t bytes = cache.bytes();
+  auto expect_error = [&](auto&& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(needle), std::string::npos) << what;
+      EXPECT_NE(what.find("earliest position it can continue from is 39"), std::string::npos)
+          << what;
+    }
+  };
+  expect_error([&] { cache.truncate(0, 20); }, "rewinding to position 20 of sequence 0");
+  expect_error([&] { cache.copy_prefix(0, 1, 30); }, "position 30 of sequence 0");
+  Batch back;
+  back.add(ids[35], 35, 0, true);
+  expect_error([&] { model->forward(back, cache); }, "evaluating position 35 of sequence 0");
+  EXPECT_EQ(cache.size(0), window);  // the failed calls left everything as it was
+  EXPECT_EQ(cache.bytes(), bytes);
+  EXPECT_FALSE(cache.has(1));
+
+  // Rewinding to the earliest continuation and going on gives the full cache's logits.
+  cache.truncate(0, 39);
+  cache.copy_prefix(0, 2, 39);
+  for (int32_t seq : {0, 2}) {
+    Batch tail;
+    for (int32_t i = 39; i < 60; ++i) tail.add(ids[i], i, seq, true);
+    const ForwardResult r = model->forward(tail, cache, options);
+    for (int32_t i = 39; i < 60; ++i) {
+      EXPECT_LE(row_diff(r.row(i - 39), expected.row(i)), kEvictionTolerance) << seq << " " << i;
+    }
+  }
+  // Rewinding to 0 empties the sequence and is always allowed.
+  cache.truncate(0, 0);
+  EXPECT_EQ(cache.size(0), 0);
+  EXPECT_EQ(cache.earliest_continuation(0), 0);
+  const ForwardResult again = model->forward(all, cache, options);
+  EXPECT_LE(row_diff(again.row(59), expected.row(59)), kEvictionTolerance);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI option
+
+TEST(KVCacheCli, GlobalOptionReachesTheEngine) {
+  const std::string model = testing::zoo("add-expert").string();
+  const auto f32 = testing::run_amalgam("generate '" + model + "' -p '589+276=' -n 6 --json -t 1");
+  ASSERT_EQ(f32.exit_code, 0) << f32.output;
+  for (const char* type : {"bf16", "f16"}) {
+    const auto half = testing::run_amalgam(std::string("--kv-cache ") + type + " generate '" +
+                                           model + "' -p '589+276=' -n 6 --json -t 1");
+    ASSERT_EQ(half.exit_code, 0) << half.output;
+    EXPECT_EQ(half.output, f32.output);
+  }
+  const auto bad = testing::run_amalgam("--kv-cache q4 generate '" + model + "' -p '1+1=' -n 2");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--kv-cache"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+}  // namespace amalgam::infer
