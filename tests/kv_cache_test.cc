@@ -72,37 +72,55 @@ std::vector<uint8_t> encode_rows(KVType type, int64_t n, int64_t width, uint32_t
 }
 
 TEST(KVKernels, EverySetMatchesAnFp64Reference) {
-  // d = 40 leaves a tail after whole registers; rows sit inside wider rows (kv heads).
-  const int64_t n = 37, d = 40, width = 3 * d, offset = d;
+  // d = 40 leaves a tail after whole registers; rows sit inside wider rows (kv heads); nq query
+  // heads at once (a GQA group), with padded score / weight rows.
+  const int64_t n = 37, d = 40, width = 3 * d, offset = d, pad = 3;
   const float scale = 0.125f;
   for (KVType type : {KVType::kF32, KVType::kBF16, KVType::kF16}) {
     std::vector<double> values;
     const auto bytes = encode_rows(type, n, width, 3, values);
     const int64_t elem = static_cast<int64_t>(kv_type_size(type)), stride = width * elem;
-    std::vector<float> q(static_cast<size_t>(d)), w(static_cast<size_t>(n));
-    std::mt19937 rng(4);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    for (float& x : q) x = dist(rng);
-    for (int64_t j = 0; j < n; ++j) w[j] = j % 5 == 0 ? 0.0f : std::abs(dist(rng));
-    std::vector<double> ref_scores(n), ref_out(d, 0.5);
-    for (int64_t j = 0; j < n; ++j) {
-      double s = 0.0;
-      for (int64_t i = 0; i < d; ++i) s += q[i] * values[j * width + offset + i];
-      ref_scores[j] = s * scale;
-      for (int64_t i = 0; i < d; ++i) ref_out[i] += w[j] * values[j * width + offset + i];
-    }
-    for (const KVKernelSet* set : kv_available_kernel_sets()) {
-      SCOPED_TRACE(fmt::format("{} {}", set->name, kv_type_name(type)));
-      std::vector<float> scores(n), out(d, 0.5f), wide(n * d);
-      const uint8_t* base = bytes.data() + offset * elem;
-      set->dot_rows(type, base, stride, n, q.data(), d, scale, scores.data());
-      set->add_rows(type, base, stride, n, w.data(), d, out.data());
-      set->widen_rows(type, base, stride, n, d, wide.data());
-      for (int64_t j = 0; j < n; ++j) EXPECT_NEAR(scores[j], ref_scores[j], 1e-5) << j;
-      for (int64_t i = 0; i < d; ++i) EXPECT_NEAR(out[i], ref_out[i], 1e-4) << i;
-      for (int64_t j = 0; j < n; ++j) {
-        for (int64_t i = 0; i < d; ++i) {
-          ASSERT_EQ(wide[j * d + i], values[j * width + offset + i]);  // widening is exact
+    for (int nq : {1, 3, kKVMaxQueries}) {
+      std::vector<float> q(static_cast<size_t>(nq * d)), w(static_cast<size_t>(nq * (n + pad)));
+      std::mt19937 rng(4 + nq);
+      std::normal_distribution<float> dist(0.0f, 1.0f);
+      for (float& x : q) x = dist(rng);
+      // Entry j % 5 == 0 is masked for every query (weight 0), as in attention.
+      for (int64_t i = 0; i < nq; ++i) {
+        for (int64_t j = 0; j < n; ++j)
+          w[i * (n + pad) + j] = j % 5 == 0 ? 0.0f : std::abs(dist(rng));
+      }
+      std::vector<double> ref_scores(nq * n), ref_out(nq * d, 0.5);
+      for (int64_t i = 0; i < nq; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0.0;
+          for (int64_t c = 0; c < d; ++c) s += q[i * d + c] * values[j * width + offset + c];
+          ref_scores[i * n + j] = s * scale;
+          for (int64_t c = 0; c < d; ++c) {
+            ref_out[i * d + c] += w[i * (n + pad) + j] * values[j * width + offset + c];
+          }
+        }
+      }
+      for (const KVKernelSet* set : kv_available_kernel_sets()) {
+        SCOPED_TRACE(fmt::format("{} {} nq {}", set->name, kv_type_name(type), nq));
+        std::vector<float> scores(nq * (n + pad), -7.0f), out(nq * d, 0.5f), wide(n * d);
+        const uint8_t* base = bytes.data() + offset * elem;
+        set->dot_rows(type, base, stride, n, q.data(), nq, d, scale, scores.data(), n + pad);
+        set->add_rows(type, base, stride, n, w.data(), nq, n + pad, d, out.data());
+        set->widen_rows(type, base, stride, n, d, wide.data());
+        for (int64_t i = 0; i < nq; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            EXPECT_NEAR(scores[i * (n + pad) + j], ref_scores[i * n + j], 1e-5) << i << " " << j;
+          }
+          EXPECT_EQ(scores[i * (n + pad) + n], -7.0f);  // the padding is left alone
+          for (int64_t c = 0; c < d; ++c) {
+            EXPECT_NEAR(out[i * d + c], ref_out[i * d + c], 1e-4) << i << " " << c;
+          }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t c = 0; c < d; ++c) {
+            ASSERT_EQ(wide[j * d + c], values[j * width + offset + c]);  // widening is exact
+          }
         }
       }
     }

@@ -65,10 +65,12 @@ void visible_span(const KVCache::Sequence& s, int32_t min_p, int32_t max_p, Mask
   if (first > last) first = last;
 }
 
-// One token, one head, through the KV kernels (cache rows widened in registers). qh (d), out (d).
-void attend_one(const KVCache::Sequence& s, KVType type, int64_t layer, int32_t p, const float* qh,
-                int64_t kv_offset, int64_t kvdim, int64_t d, Mask mask, float scale,
-                std::vector<float>& scores, float* out) {
+// One token, nq consecutive query heads sharing the kv head at kv_offset (a GQA group), through
+// the KV kernels: each cache row is read once for the whole group and widened in registers.
+// qh (nq, d) and out (nq, d), contiguous heads.
+void attend_group(const KVCache::Sequence& s, KVType type, int64_t layer, int32_t p,
+                  const float* qh, int nq, int64_t kv_offset, int64_t kvdim, int64_t d, Mask mask,
+                  float scale, std::vector<float>& scores, float* out) {
   const KVKernelSet& kernels = kv_best_kernels();
   const int64_t elem = static_cast<int64_t>(kv_type_size(type)), stride = kvdim * elem;
   int64_t first = 0, last = 0;
@@ -76,15 +78,23 @@ void attend_one(const KVCache::Sequence& s, KVType type, int64_t layer, int32_t 
   const int64_t span = last - first;  // >= 1: a query sees at least itself
   const uint8_t* K = s.k[layer].data() + first * stride + kv_offset * elem;
   const uint8_t* V = s.v[layer].data() + first * stride + kv_offset * elem;
-  scores.resize(static_cast<size_t>(span));
-  kernels.dot_rows(type, K, stride, span, qh, d, scale, scores.data());
-  for (int64_t j = 0; j < span; ++j) {
-    if (!mask.visible(p, s.pos[first + j])) scores[j] = kMasked;
+  scores.resize(static_cast<size_t>(nq * span));
+  // S (nq, span) = scale * Q (nq, d) . K^T
+  kernels.dot_rows(type, K, stride, span, qh, nq, d, scale, scores.data(), span);
+  float inv[kKVMaxQueries];
+  for (int i = 0; i < nq; ++i) {
+    float* row = &scores[i * span];
+    for (int64_t j = 0; j < span; ++j) {
+      if (!mask.visible(p, s.pos[first + j])) row[j] = kMasked;
+    }
+    inv[i] = softmax_row(row, span);
   }
-  const float inv = softmax_row(scores.data(), span);
-  std::fill(out, out + d, 0.0f);
-  kernels.add_rows(type, V, stride, span, scores.data(), d, out);
-  for (int64_t i = 0; i < d; ++i) out[i] *= inv;
+  // O (nq, d) = P (nq, span) . V
+  std::fill(out, out + nq * d, 0.0f);
+  kernels.add_rows(type, V, stride, span, scores.data(), nq, span, d, out);
+  for (int i = 0; i < nq; ++i) {
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] *= inv[i];
+  }
 }
 
 struct Scratch {
@@ -169,18 +179,25 @@ void attention(const AttentionShape& shape, const BatchToken* tokens, int64_t n,
     const KVCache::Sequence* seq;
     const std::vector<int64_t>* rows;  // a block of queries (sgemm path), or null
     int64_t token;                     // the single query (loop path)
-    int64_t head;
+    int64_t head;                      // the first query head
+    int nq;                            // query heads from `head` on (loop path), all of one kv head
   };
   std::vector<Task> tasks;
   int64_t work = 0;
   for (const auto& [seq, rows] : by_seq) {
     const KVCache::Sequence* s = cache.find(seq);
     work += static_cast<int64_t>(rows.size() * s->pos.size()) * qdim;
-    for (int64_t h = 0; h < H; ++h) {
-      if (static_cast<int64_t>(rows.size()) >= kAttentionGemmMinQueries) {
-        tasks.push_back({s, &rows, -1, h});
-      } else {
-        for (int64_t t : rows) tasks.push_back({s, nullptr, t, h});
+    if (static_cast<int64_t>(rows.size()) >= kAttentionGemmMinQueries) {
+      for (int64_t h = 0; h < H; ++h) tasks.push_back({s, &rows, -1, h, 1});
+    } else {
+      // Heads of one kv group together, at most kKVMaxQueries per task.
+      for (int64_t t : rows) {
+        for (int64_t h = 0; h < H;) {
+          const int64_t group_end = (h / group + 1) * group;
+          const int64_t nq = std::min<int64_t>(kKVMaxQueries, group_end - h);
+          tasks.push_back({s, nullptr, t, h, static_cast<int>(nq)});
+          h += nq;
+        }
       }
     }
   }
@@ -194,9 +211,9 @@ void attention(const AttentionShape& shape, const BatchToken* tokens, int64_t n,
         attend_block(*task.seq, cache.type(), layer, tokens, *task.rows, q, task.head, qdim,
                      kv_offset, kvdim, d, mask, scale, scratch, out);
       } else {
-        attend_one(*task.seq, cache.type(), layer, tokens[task.token].pos,
-                   q + task.token * qdim + task.head * d, kv_offset, kvdim, d, mask, scale,
-                   scratch.scores, out + task.token * qdim + task.head * d);
+        attend_group(*task.seq, cache.type(), layer, tokens[task.token].pos,
+                     q + task.token * qdim + task.head * d, task.nq, kv_offset, kvdim, d, mask,
+                     scale, scratch.scores, out + task.token * qdim + task.head * d);
       }
     }
   };

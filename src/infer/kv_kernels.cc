@@ -21,21 +21,26 @@ float load(KVType type, const uint8_t* row, int64_t i) {
 }
 
 void dot_rows_scalar(KVType type, const uint8_t* base, int64_t stride, int64_t n, const float* q,
-                     int64_t d, float scale, float* scores) {
+                     int nq, int64_t d, float scale, float* scores, int64_t s_stride) {
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* row = base + j * stride;
-    float acc = 0.0f;
-    for (int64_t i = 0; i < d; ++i) acc += q[i] * load(type, row, i);
-    scores[j] = acc * scale;
+    for (int i = 0; i < nq; ++i) {
+      float acc = 0.0f;
+      for (int64_t c = 0; c < d; ++c) acc += q[i * d + c] * load(type, row, c);
+      scores[i * s_stride + j] = acc * scale;
+    }
   }
 }
 
 void add_rows_scalar(KVType type, const uint8_t* base, int64_t stride, int64_t n, const float* w,
-                     int64_t d, float* out) {
+                     int nq, int64_t w_stride, int64_t d, float* out) {
   for (int64_t j = 0; j < n; ++j) {
-    if (w[j] == 0.0f) continue;
     const uint8_t* row = base + j * stride;
-    for (int64_t i = 0; i < d; ++i) out[i] += w[j] * load(type, row, i);
+    for (int i = 0; i < nq; ++i) {
+      const float wj = w[i * w_stride + j];
+      if (wj == 0.0f) continue;
+      for (int64_t c = 0; c < d; ++c) out[i * d + c] += wj * load(type, row, c);
+    }
   }
 }
 

@@ -12,14 +12,19 @@
 
 namespace amalgam::infer {
 
+// Query heads one call handles: the heads of a GQA group read each cache row once.
+inline constexpr int kKVMaxQueries = 8;
+
 struct KVKernelSet {
   std::string_view name;  // "scalar", "avx2", "avx512"
-  // scores[j] = scale * dot(q, row j) for j < n. q (d); row j = d values at base + j * stride.
+  // scores[i * s_stride + j] = scale * dot(q_i, row j) for i < nq (<= kKVMaxQueries), j < n.
+  // q_i = q + i * d; row j = d values at base + j * stride.
   void (*dot_rows)(KVType type, const uint8_t* base, int64_t stride, int64_t n, const float* q,
-                   int64_t d, float scale, float* scores);
-  // out[i] += sum over j < n with w[j] != 0 of w[j] * row_j[i], for i < d.
+                   int nq, int64_t d, float scale, float* scores, int64_t s_stride);
+  // out_i[c] += sum over j < n of w_i[j] * row_j[c], for i < nq, c < d; w_i = w + i * w_stride,
+  // out_i = out + i * d. Rows whose weights are all zero (masked) are not read.
   void (*add_rows)(KVType type, const uint8_t* base, int64_t stride, int64_t n, const float* w,
-                   int64_t d, float* out);
+                   int nq, int64_t w_stride, int64_t d, float* out);
   // dst (n, d) = the n rows widened to fp32.
   void (*widen_rows)(KVType type, const uint8_t* base, int64_t stride, int64_t n, int64_t d,
                      float* dst);
