@@ -376,6 +376,10 @@ TEST(KVCacheEviction, RewindingPastEvictedEntriesFailsAndTheCacheIsUnchanged) {
   Batch back;
   back.add(ids[35], 35, 0, true);
   expect_error([&] { model->forward(back, cache); }, "evaluating position 35 of sequence 0");
+  Batch mixed;  // a valid token first: nothing of the refused batch may stay behind
+  mixed.add(ids[39], 39, 0, false);
+  mixed.add(ids[35], 35, 0, true);
+  expect_error([&] { model->forward(mixed, cache); }, "evaluating position 35 of sequence 0");
   EXPECT_EQ(cache.size(0), window);  // the failed calls left everything as it was
   EXPECT_EQ(cache.bytes(), bytes);
   EXPECT_FALSE(cache.has(1));

@@ -135,6 +135,9 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
   record(dump, "embd", -1, x.data(), n, D);
 
   // Cache slots, and RoPE angles (rd/2 per token) shared by all layers.
+  // Every position is checked before anything is appended: a refused micro-batch leaves the
+  // cache as it was.
+  for (int64_t t = 0; t < n; ++t) cache.check_position(tokens[t].seq, tokens[t].pos);
   std::vector<int64_t> entry(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) entry[t] = cache.append(tokens[t].seq, tokens[t].pos);
   const int64_t rd = rope_.rotary_dim(), half = rd / 2;

@@ -109,6 +109,10 @@ void KVCache::check_continuation(int32_t seq, const Sequence& s, int32_t pos,
       what, pos, seq, s.evicted_below, evict_window_, s.evicted_below + evict_window_ - 1);
 }
 
+void KVCache::check_position(int32_t seq, int32_t pos) const {
+  if (const Sequence* s = find(seq)) check_continuation(seq, *s, pos, "evaluating");
+}
+
 int64_t KVCache::append(int32_t seq, int32_t pos) {
   Sequence& s = sequence(seq);
   check_continuation(seq, s, pos, "evaluating");

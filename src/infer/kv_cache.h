@@ -68,6 +68,8 @@ class KVCache {
   void truncate(int32_t seq, int32_t from);
   // The lowest position `seq` can be continued from (0 unless entries were evicted).
   int32_t earliest_continuation(int32_t seq) const;
+  // Fails, naming the sequence, if a query at `pos` would need entries eviction dropped.
+  void check_position(int32_t seq, int32_t pos) const;
 
   // Used by the forward pass.
   Sequence& sequence(int32_t seq);
