@@ -1,7 +1,8 @@
 // Evaluation throughput on the zoo tasks: items/s of one-by-one evaluation (one prompt per
 // forward pass) against packed evaluation (first-fit-decreasing prepacking + lock-step decoding),
 // with 1 and 2 engine threads; plus the held-out perplexity rows and the cost of merging a recipe
-// in memory (what every candidate of a recipe search pays before it is evaluated).
+// in memory (what every candidate of a recipe search pays before it is evaluated); and packed
+// evaluation with BF16 products (the default for BF16 weights) against fp32 products.
 //
 //   bench_eval [MODEL] [--repeats N] [--threads a,b,...]
 // Prints a Markdown table; each figure is the best of N runs (the machine may be shared).
@@ -18,6 +19,7 @@
 
 #include "eval/model_source.h"
 #include "eval/suite.h"
+#include "infer/gemm.h"
 #include "infer/matmul.h"
 #include "recipe/recipe.h"
 
@@ -70,8 +72,7 @@ int main(int argc, char** argv) {
   const auto stops = m.stop_ids();
   const tokenizer::Tokenizer& tok = *m.tokenizer;
   const eval::Suite generation(gen_tasks, tok, stops);
-  const eval::Suite heldout({eval::load_task(root / "data/eval/zoo-heldout.json")}, tok,
-                            stops);
+  const eval::Suite heldout({eval::load_task(root / "data/eval/zoo-heldout.json")}, tok, stops);
   size_t gen_items = 0;
   for (const auto& t : gen_tasks) gen_items += t.size();
 
@@ -84,8 +85,7 @@ int main(int argc, char** argv) {
     infer::set_num_threads(threads);
     eval::RunOptions one, packed;
     one.packed = false;
-    const double t_one =
-        best_seconds(repeats, [&] { generation.run(*m.model, tok, one, false); });
+    const double t_one = best_seconds(repeats, [&] { generation.run(*m.model, tok, one, false); });
     const double t_packed =
         best_seconds(repeats, [&] { generation.run(*m.model, tok, packed, false); });
     if (base_gen == 0.0) base_gen = static_cast<double>(gen_items) / t_one;
@@ -95,12 +95,38 @@ int main(int argc, char** argv) {
         gen_items, threads, gen_items / t_one, gen_items / t_packed, t_one / t_packed,
         (gen_items / t_packed) / base_gen);
     const size_t rows = heldout.tasks()[0].size();
-    const double p_one =
-        best_seconds(repeats, [&] { heldout.run(*m.model, tok, one, false); });
+    const double p_one = best_seconds(repeats, [&] { heldout.run(*m.model, tok, one, false); });
     const double p_packed =
         best_seconds(repeats, [&] { heldout.run(*m.model, tok, packed, false); });
     fmt::print("| heldout, {} rows x 128 tokens | {} | {:.0f} | {:.0f} | {:.2f}x |\n", rows,
                threads, rows / p_one, rows / p_packed, p_one / p_packed);
+  }
+
+  // Packed evaluation with BF16 products against fp32 products, alternating within each repeat
+  // so that both see the same machine load.
+  {
+    infer::set_num_threads(thread_counts.back());
+    eval::RunOptions packed;
+    double best[2][2] = {{1e300, 1e300}, {1e300, 1e300}};  // [bf16][gen/heldout]
+    for (int r = 0; r < repeats; ++r) {
+      for (int bf16 : {1, 0}) {
+        infer::set_reduced_precision_products(bf16 == 1);
+        best[bf16][0] = std::min(
+            best[bf16][0], best_seconds(1, [&] { generation.run(*m.model, tok, packed, false); }));
+        best[bf16][1] = std::min(
+            best[bf16][1], best_seconds(1, [&] { heldout.run(*m.model, tok, packed, false); }));
+      }
+    }
+    infer::set_reduced_precision_products(true);
+    const double rows = static_cast<double>(heldout.tasks()[0].size());
+    fmt::print("\n| products ({} threads, packed) | add+rev+sort items/s | heldout rows/s |\n",
+               thread_counts.back());
+    fmt::print("|---|---|---|\n");
+    fmt::print("| fp32 | {:.0f} | {:.1f} |\n", gen_items / best[0][0], rows / best[0][1]);
+    fmt::print("| BF16{} | {:.0f} ({:.2f}x) | {:.1f} ({:.2f}x) |\n",
+               infer::reduced_precision_products() ? "" : " (no native BF16: fp32)",
+               gen_items / best[1][0], best[0][0] / best[1][0], rows / best[1][1],
+               best[0][1] / best[1][1]);
   }
 
   // A recipe merged in memory, inputs already open (as in a search over the same models).

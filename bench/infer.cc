@@ -4,12 +4,13 @@
 // tokens/s, next to the memory-bandwidth bound of decoding (weight bytes per token divided by
 // the measured read bandwidth). The checkpoints are generated once into bench/.cache. `--model`
 // runs given checkpoints or GGUF files instead (e.g. amalgam's GGUF exports of the same
-// checkpoint, which bench/vs_llama_cpp.sh also gives llama.cpp). `--bf16-products` adds, for every
-// model with BF16 or quantised weights, a run with BF16 products (infer/gemm.h), side by side.
+// checkpoint, which bench/vs_llama_cpp.sh also gives llama.cpp). Runs use the engine's default
+// reduced-precision products (infer/gemm.h); `--fp32-products` adds, for every model with BF16 or
+// quantised weights, a run with fp32 products, side by side.
 // `--kv-cache f32,bf16` runs each model once per KV-cache type; `--context N` decodes after a
 // prompt of N tokens (prefilled untimed), where attention reads N cache entries per token.
 //
-//   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--bf16-products]
+//   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--fp32-products]
 //               [--prefill 512] [--decode 128] [--in-memory] [--kv-cache f32,bf16,f16]
 //               [--context 0]
 
@@ -168,9 +169,9 @@ struct Result {
 };
 
 Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens,
-           int64_t decode_tokens, bool in_memory, bool bf16_compute, infer::KVType kv_type,
+           int64_t decode_tokens, bool in_memory, bool reduced_precision, infer::KVType kv_type,
            int64_t context) {
-  infer::set_bf16_compute(bf16_compute);
+  infer::set_reduced_precision_products(reduced_precision);
   infer::set_default_kv_type(kv_type);
   infer::LoadOptions lo;
   lo.in_memory = in_memory;
@@ -248,9 +249,10 @@ int main(int argc, char** argv) {
   app.add_flag("--in-memory", in_memory, "Copy the weights into huge-page memory (no mmap)");
   std::vector<std::string> models;
   app.add_option("--model", models, "Checkpoint directory or .gguf file to run (repeatable)");
-  bool bf16_products = false;
-  app.add_flag("--bf16-products", bf16_products,
-               "Also run BF16 and quantised models with BF16 products (where the CPU has them)");
+  bool fp32_products = false;
+  app.add_flag("--fp32-products", fp32_products,
+               "Also run BF16 and quantised models with fp32 products (where the default is "
+               "reduced-precision products: CPUs with native BF16)");
   std::vector<std::string> kv_types = {"f32"};
   app.add_option("--kv-cache", kv_types, "KV cache types to run, e.g. f32,bf16")
       ->delimiter(',')
@@ -262,7 +264,7 @@ int main(int argc, char** argv) {
   struct Run {
     std::string label;
     fs::path path;
-    bool bf16_compute;
+    bool reduced_precision;
     infer::KVType kv_type;
   };
   std::vector<Run> runs;
@@ -270,9 +272,9 @@ int main(int argc, char** argv) {
     for (const std::string& kv : kv_types) {
       const infer::KVType type = infer::parse_kv_type(kv);
       const std::string name = kv_types.size() > 1 ? label + " (kv " + kv + ")" : label;
-      runs.push_back({name, path, false, type});
-      if (bf16_products && native_possible && infer::cpu_has_native_bf16()) {
-        runs.push_back({name + " (bf16 products)", path, true, type});
+      runs.push_back({name, path, true, type});
+      if (fp32_products && native_possible && infer::cpu_has_native_bf16()) {
+        runs.push_back({name + " (fp32 products)", path, false, type});
       }
     }
   };
@@ -297,8 +299,8 @@ int main(int argc, char** argv) {
   fmt::print(stderr, "read bandwidth {:.1f} GB/s, load average {:.2f}\n", before, load[0]);
   std::vector<Result> results;
   for (const Run& r : runs) {
-    results.push_back(
-        run(r.path, r.label, prefill, decode, in_memory, r.bf16_compute, r.kv_type, context));
+    results.push_back(run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision,
+                          r.kv_type, context));
   }
   const double after = huge_page_bandwidth(threads);
   double load_after[3] = {0, 0, 0};

@@ -63,7 +63,7 @@ for t in $types; do
   fi
 done
 
-declare -A lp ld ap ad bp bd  # best tok/s: llama.cpp / amalgam / amalgam with BF16 products
+declare -A lp ld ap ad bp bd  # best tok/s: llama.cpp / amalgam / amalgam with fp32 products
 max() { awk -v a="${1:-0}" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 for ((rep = 1; rep <= reps; rep++)); do
@@ -82,11 +82,11 @@ for ((rep = 1; rep <= reps; rep++)); do
     ld[$t]=$(max "${ld[$t]:-0}" "$d")
     log "rep $rep/$reps, $t: amalgam"
     rows=$(./build/bench_infer --model "$f" --threads "$threads" --prefill "$prefill" \
-           --decode "$decode" --bf16-products 2>/dev/null)
+           --decode "$decode" --fp32-products 2>/dev/null)
     row=$(echo "$rows" | grep "^| $t.gguf |")
     ap[$t]=$(max "${ap[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $3 + 0 }')")
     ad[$t]=$(max "${ad[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $4 + 0 }')")
-    row=$(echo "$rows" | grep "^| $t.gguf (bf16 products) |" || true)
+    row=$(echo "$rows" | grep "^| $t.gguf (fp32 products) |" || true)
     bp[$t]=$(max "${bp[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $3 + 0 }')")
     bd[$t]=$(max "${bd[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $4 + 0 }')")
   done
@@ -96,9 +96,9 @@ load_after=$(cut -d' ' -f1 /proc/loadavg)
 echo "threads $threads, best of $reps alternating runs, prefill $prefill / decode $decode tokens,"
 echo "load average $load_before before, $load_after after; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo
-echo "amalgam: fp32 products (default); bf16: with --bf16-products (BF16 and quantised weights)"
+echo "amalgam: default (reduced-precision products: BF16 activations, 8-bit for quantised decode); fp32: --fp32-products"
 echo
-echo "| type | llama.cpp prefill tok/s | amalgam | ratio | amalgam bf16 | ratio | llama.cpp decode tok/s | amalgam | ratio | amalgam bf16 | ratio |"
+echo "| type | llama.cpp prefill tok/s | amalgam | ratio | amalgam fp32 | ratio | llama.cpp decode tok/s | amalgam | ratio | amalgam fp32 | ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for t in $types; do
   awk -v t="$t" -v lp="${lp[$t]}" -v ap="${ap[$t]}" -v bp="${bp[$t]}" -v ld="${ld[$t]}" \

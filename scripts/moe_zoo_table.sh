@@ -46,7 +46,10 @@ write_config hidden > "$work/hidden.yaml"
 write_config cheap_embed > "$work/cheap_embed.yaml"
 write_config calibrated > "$work/calibrated.yaml"
 write_config calibrated "calibration:\n  bos: auto" > "$work/calibrated-bos.yaml"
-for c in hidden cheap_embed calibrated calibrated-bos; do
+# BOS to a fourth expert mixing add's and sort's MLPs in layers 0-1, to rev above (docs/moe.md).
+write_config calibrated "calibration:\n  bos: [3, 3, 1, 1]\n  bos_expert: [0.85, 0, 0.15]" \
+  > "$work/calibrated-bos-mix.yaml"
+for c in hidden cheap_embed calibrated calibrated-bos calibrated-bos-mix; do
   "$amalgam" -q moe "$work/$c.yaml" -o "$work/moe-$c" --force
   row "MoE, gate_mode $c" "$work/moe-$c"
 done

@@ -85,6 +85,7 @@ TEST(Align, ActivationMatchingRecoversAPlantedPermutation) {
 }
 
 TEST(Align, CommandKeepsLogitsOfB) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   testing::TempDir tmp;
   const auto rows = heldout_rows(3, 64);
   const auto ref = all_logits(*infer::load_model(zoo("initb/sort-expert")), rows);

@@ -50,6 +50,7 @@ float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 TEST(GgufEngine, QuantisedFilesRunAsStoredGiveTheirDequantisedLogits) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   const std::vector<int32_t> ids = {0, 17, 301, 5, 999, 42, 7, 64, 128, 3, 250, 11, 90, 33};
   for (const std::string t : {"q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16"}) {
@@ -81,22 +82,27 @@ TEST(GgufEngine, NativeBf16ProductsStayCloseToFp32) {
   const fs::path out = dir / "q8_0.gguf";
   gguf::export_gguf(zoo("base"), out, o);
   auto m = infer::load_model(out);
-  infer::set_bf16_compute(false);
+  infer::set_reduced_precision_products(false);
   const Logits fp32 = run(*m, ids);
-  infer::set_bf16_compute(true);
+  infer::set_reduced_precision_products(true);
   const Logits bf16 = run(*m, ids);
-  infer::set_bf16_compute(false);
+  infer::set_reduced_precision_products(false);
   const float d = max_diff(fp32.prefill, bf16.prefill);
   RecordProperty("q8_0_bf16_vs_fp32_max_logit_diff", std::to_string(d));
   EXPECT_GT(d, 0.0f);  // the path was taken
   EXPECT_LT(d, 0.25f);  // logits span about +-20; measured 0.11
-  // Prefill and decode round the same way; the fp32 sums feeding a rounding differ in their last
-  // bits between the two paths, and a rounding that flips moves a value by 2^-9 relative: the
-  // last position agrees within that noise (measured 0.015).
+  // Decode multiplies quantised weights by activations quantised to 8 bits (integer products,
+  // infer/quant_dot.h; a step of max|x| / 127 per block of 32, where BF16 rounds each value to
+  // 2^-9 relative), prefill by BF16-rounded ones: the last position agrees within the sum of the
+  // two roundings' noise (measured 0.093), and decode stays as close to fp32 as prefill does
+  // (measured 0.098).
   const std::vector<float> last(bf16.prefill.end() - bf16.decode.size(), bf16.prefill.end());
-  EXPECT_LT(max_diff(last, bf16.decode), 0.06f);
-  EXPECT_GT(max_diff(fp32.decode, bf16.decode), 0.0f);  // decode rounds too
-  EXPECT_LT(max_diff(fp32.decode, bf16.decode), 0.25f);
+  const float pd = max_diff(last, bf16.decode), dd = max_diff(fp32.decode, bf16.decode);
+  RecordProperty("q8_0_prefill_vs_decode_max_logit_diff", std::to_string(pd));
+  RecordProperty("q8_0_decode_vs_fp32_max_logit_diff", std::to_string(dd));
+  EXPECT_LT(pd, 0.25f);
+  EXPECT_GT(dd, 0.0f);  // decode rounds too
+  EXPECT_LT(dd, 0.25f);
 }
 
 }  // namespace

@@ -296,6 +296,7 @@ float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 const std::vector<int32_t> kIds = {0, 17, 301, 5, 999, 42, 7, 64, 128, 3, 250, 11};
 
 TEST(GgufZoo, F32ExportRunsWithSafetensorsLogits) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   for (const std::string name : {"base", "base-large"}) {
     const fs::path out = dir / (name + ".gguf");
@@ -400,6 +401,7 @@ TEST(GgufZoo, EveryArchitectureRoundTrips) {
 }
 
 TEST(GgufZoo, QuantisedExportsScoreCloseToF32) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   std::map<std::string, float> diffs;
   auto ref = infer::load_model(zoo("base"));

@@ -15,6 +15,7 @@
 #include "infer/kernels.h"
 #include "infer/matmul.h"
 #include "infer/ops.h"
+#include "infer/quant_dot.h"
 #include "infer/thread_pool.h"
 #include "tensor/tensor.h"
 
@@ -119,7 +120,7 @@ TEST(Kernels, ToF32MatchesScalarTwinExactly) {
 TEST(Matmul, BothPathsMatchDoubleReference) {
   const int64_t rows = 300, cols = 129;  // several product blocks, the last one partial
   for (bool bf16 : {true, false}) {
-    set_bf16_compute(bf16);
+    set_reduced_precision_products(bf16);
     for (int threads : {1, 2}) {
       set_num_threads(threads);
       for (DType dtype : kTypes) {
@@ -129,7 +130,7 @@ TEST(Matmul, BothPathsMatchDoubleReference) {
           std::vector<float> x = random_vector(n * cols, 9);
           std::vector<float> y(static_cast<size_t>(n * rows));
           matmul(m, x.data(), n, y.data());
-          const bool rounded_x = dtype == DType::kBF16 && bf16_compute_enabled();
+          const bool rounded_x = dtype == DType::kBF16 && reduced_precision_products();
           for (int64_t t = 0; t < n; ++t) {
             for (int64_t r = 0; r < rows; ++r) {
               double ref = 0.0, mag = 0.0;
@@ -148,7 +149,7 @@ TEST(Matmul, BothPathsMatchDoubleReference) {
       }
     }
   }
-  set_bf16_compute(false);
+  set_reduced_precision_products(false);
   set_num_threads(2);
 }
 
@@ -174,18 +175,29 @@ TEST(Matmul, QuantisedMatricesMatchTheirDequantisedValues) {
     rows_to_f32(m, 7, 1, row.data());
     EXPECT_EQ(0, std::memcmp(row.data(), values.data() + 7 * cols, cols * sizeof(float)));
     for (bool bf16 : {true, false}) {
-      set_bf16_compute(bf16);
+      set_reduced_precision_products(bf16);
       for (int64_t n : {1, 5, 9, 40}) {
         std::vector<float> x = random_vector(n * cols, 13);
         std::vector<float> y(static_cast<size_t>(n * rows));
         matmul(m, x.data(), n, y.data());
-        const bool rounded = bf16_compute_enabled();
-        auto r16 = [&](float v) { return rounded ? core::bf16_to_f32(core::f32_to_bf16(v)) : v; };
+        const bool rounded = reduced_precision_products();
+        // Reduced precision: decode multiplies x quantised to 8 bits by the weights as stored
+        // (integer products, infer/quant_dot.h), prefill rounds both operands to BF16.
+        const bool integer = rounded && n <= kGemvMaxRows;
+        std::vector<float> xr(x);
+        if (integer) {
+          QuantizedActivations xq;
+          quantize_activations(x.data(), n, cols, activation_block(type), &xq);
+          xr = dequantize_activations(xq);
+        }
+        auto r16 = [&](float v) {
+          return rounded && !integer ? core::bf16_to_f32(core::f32_to_bf16(v)) : v;
+        };
         for (int64_t t = 0; t < n; ++t) {
           for (int64_t r = 0; r < rows; ++r) {
             double ref = 0.0, mag = 0.0;
             for (int64_t c = 0; c < cols; ++c) {
-              const double p = double{r16(values[r * cols + c])} * r16(x[t * cols + c]);
+              const double p = double{r16(values[r * cols + c])} * r16(xr[t * cols + c]);
               ref += p;
               mag += std::abs(p);
             }
@@ -195,7 +207,7 @@ TEST(Matmul, QuantisedMatricesMatchTheirDequantisedValues) {
         }
       }
     }
-    set_bf16_compute(false);
+    set_reduced_precision_products(false);
   }
 }
 

@@ -99,6 +99,7 @@ std::vector<Case> cases() {
 class EngineVsReference : public ::testing::TestWithParam<Case> {};
 
 TEST_P(EngineVsReference, LogitsAndHiddenStatesMatch) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   const TinySpec& spec = GetParam().spec;
   RefModel ref = testing::write_tiny_model(dir.path(), spec);
@@ -128,6 +129,7 @@ TEST_P(EngineVsReference, LogitsAndHiddenStatesMatch) {
 // three prompts (one sequence id each, positions restarting at 0, tokens interleaved) all give
 // the same logits for the same (sequence, position).
 TEST_P(EngineVsReference, BatchedEqualsOneByOne) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   const TinySpec& spec = GetParam().spec;
   testing::write_tiny_model(dir.path(), spec);
@@ -286,6 +288,7 @@ TEST(SlidingWindow, PerLayerWindowsFollowConfig) {
 // Long prompt against a window: a prompt longer than the window evaluated in one batch equals
 // the same prompt fed token by token.
 TEST(SlidingWindow, LongPromptMatchesReference) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   TinySpec spec;
   spec.arch = "mistral";
@@ -307,6 +310,7 @@ TEST(SlidingWindow, LongPromptMatchesReference) {
 // Mixtral routing in isolation: the engine's dumped router logits and FFN output against a
 // naive top-k softmax-renormalised mixture computed here from the reference weights.
 TEST(Moe, RoutingMatchesNaiveReference) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   TinySpec spec;
   spec.arch = "mixtral";
@@ -353,6 +357,7 @@ TEST(Moe, RoutingMatchesNaiveReference) {
 
 // The two Mixtral layouts hold the same weights, so they must give identical logits.
 TEST(Moe, FusedAndClassicLayoutsAgree) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir a, b;
   TinySpec spec;
   spec.arch = "mixtral";
@@ -569,6 +574,7 @@ TEST(ModelErrors, MissingAndMisshapenTensorsAreNamed) {
 
 // Weights need not come from a file: a WeightMap of in-memory tensors works the same.
 TEST(ModelErrors, InMemoryWeightsGiveTheSameLogits) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   TinySpec spec;
   testing::write_tiny_model(dir.path(), spec);
@@ -681,6 +687,7 @@ TEST(Generation, GreedyMatchesStepwiseArgmaxAndBatchedDecoding) {
 }
 
 TEST(Perplexity, RowsAndChunksMatchDirectComputation) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   TinySpec spec;
   RefModel ref = testing::write_tiny_model(dir.path(), spec);

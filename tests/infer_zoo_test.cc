@@ -116,6 +116,7 @@ INSTANTIATE_TEST_SUITE_P(Models, ZooTask,
 // Known answers of the add expert on the first items, and batched decoding agrees with
 // one-by-one decoding on all of them.
 TEST(Zoo, AddExpertAnswersAndBatchedDecoding) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   auto model = load_model(zoo("add-expert"));
   auto tok = tokenizer::Tokenizer::from_directory(zoo("add-expert"));
   nlohmann::json items = core::read_json_file(zoo("eval") / "add.json");

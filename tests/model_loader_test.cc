@@ -48,6 +48,7 @@ TaskResult run_add(const LoadedModel& m) {
 }
 
 TEST(ModelLoader, GgufExportScoresAsItsCheckpoint) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   const fs::path gguf = export_f32("add-expert", dir / "add.gguf");
   ModelLoader loader(1);

@@ -211,6 +211,7 @@ TEST(MoeQwenTest, BlockMatchesFp64Reference) {
 // sigmoid = 1/2 everywhere: each MoE block computes 1.5 x add's MLP. Reference: add-expert with
 // down_proj x 1.5, run by the naive fp64 forward of infer_reference.h.
 TEST(MoeQwenTest, SameExpertWithHalfOpenSharedGateIsOneAndAHalfTimesIt) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   TempDir dir;
   moe::BuildOptions opts;
   opts.allow_same_model = true;

@@ -4,10 +4,12 @@
 // against its optimality conditions, and the config's error cases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
 
+#include "infer/dump.h"
 #include "infer/model.h"
 #include "io/safetensors.h"
 #include "moe/build.h"
@@ -270,6 +272,104 @@ TEST(MoeTest, CalibratedBosExpertRoutesBos) {
       },
       "numbered 0 to 2");
   EXPECT_FALSE(fs::exists(dir / "bad"));
+}
+
+// calibration.bos_expert adds a fourth routed expert whose MLP is the weighted sum of the listed
+// experts' MLPs; with bos: 3 the router sends BOS (and no other token, none being labelled with
+// it) there in every layer. Its tensors are checked against the sum computed here from the
+// experts' own checkpoints.
+TEST(MoeTest, BosExpertIsTheWeightedMixAndTakesBos) {
+  TempDir dir;
+  const char* tasks[] = {"add", "rev", "sort"};
+  std::string experts;
+  for (int e = 0; e < 3; ++e) {
+    const nlohmann::json items =
+        nlohmann::json::parse(testing::read_file(zoo("eval") / (std::string(tasks[e]) + ".json")));
+    std::string lines;
+    for (int i = 0; i < 40; ++i) lines += items[i].dump() + "\n";
+    testing::write_file(dir / (std::string(tasks[e]) + ".jsonl"), lines);
+    experts += "  - source_model: " + zoo(kExperts[e]).string() +
+               "\n    calibration_data: " + (dir / (std::string(tasks[e]) + ".jsonl")).string() +
+               "\n";
+  }
+  const std::string head = "base_model: " + zoo("base").string() +
+                           "\ngate_mode: calibrated\nexperts_per_token: 1\ndtype: float32\n";
+  const double w[] = {0.75, 0.0, 0.25};
+  moe::build_moe(
+      moe::parse_moe_config(
+          head + "calibration:\n  bos: 3\n  bos_expert: [0.75, 0, 0.25]\n" + "experts:\n" + experts,
+          "cal.yaml"),
+      dir / "moe", {});
+  const io::Checkpoint moe_ck(dir / "moe");
+  for (const auto& [mixtral, dense] : std::vector<std::pair<std::string, std::string>>{
+           {"w1", "gate_proj"}, {"w2", "down_proj"}, {"w3", "up_proj"}}) {
+    const tensor::Tensor got =
+        moe_ck.load_f32("model.layers.2.block_sparse_moe.experts.3." + mixtral + ".weight");
+    std::vector<double> want(got.data.size(), 0.0);
+    for (int e = 0; e < 3; ++e) {
+      const tensor::Tensor t =
+          io::Checkpoint(zoo(kExperts[e])).load_f32("model.layers.2.mlp." + dense + ".weight");
+      ASSERT_EQ(t.data.size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i) want[i] += w[e] * t.data[i];
+    }
+    double worst = 0.0;
+    for (size_t i = 0; i < want.size(); ++i)
+      worst = std::max(worst, std::abs(got.data[i] - want[i]));
+    EXPECT_LT(worst, 1e-6) << mixtral;
+  }
+  const auto model = infer::load_model(dir / "moe");
+  ASSERT_EQ(model->config().num_experts, 4);
+  const auto tok = tokenizer::Tokenizer::from_directory(zoo("base"));
+  infer::Dumper dump({"router"});
+  infer::KVCache cache = model->new_cache();
+  infer::Batch batch;
+  batch.add_sequence(tok.encode("951+682=1633", true), 0, 0, true);
+  infer::ForwardOptions o;
+  o.dump = &dump;
+  model->forward(batch, cache, o);
+  for (int64_t l = 0; l < 4; ++l) {
+    const infer::DumpTensor& r = dump.tensors().at(infer::Dumper::name("router", l));
+    ASSERT_EQ(r.cols, 4);
+    for (int64_t t = 0; t < r.rows; ++t) {
+      const float* row = r.data.data() + t * r.cols;
+      const int64_t top = std::max_element(row, row + 4) - row;
+      if (t == 0) {
+        EXPECT_EQ(top, 3) << "layer " << l;
+      } else {
+        EXPECT_NE(top, 3) << "layer " << l << " token " << t;
+      }
+    }
+  }
+  const std::string yaml = head + "calibration:\n  bos_expert: ";
+  expect_error(
+      [&] {
+        moe::validate(moe::parse_moe_config(yaml + "[1, 0]\nexperts:\n" + experts, "c.yaml"),
+                      false);
+      },
+      "lists 2 weights for 3 experts");
+  expect_error(
+      [&] {
+        moe::validate(moe::parse_moe_config(yaml + "[0, 0, 0]\nexperts:\n" + experts, "c.yaml"),
+                      false);
+      },
+      "every weight is 0");
+  expect_error(
+      [&] {
+        moe::validate(
+            moe::parse_moe_config(yaml + "[1, 0, 0]\n  bos: 4\nexperts:\n" + experts, "c.yaml"),
+            false);
+      },
+      "the last one is bos_expert");
+  expect_error(
+      [&] {
+        moe::validate(moe::parse_moe_config("base_model: " + zoo("base").string() +
+                                                "\ngate_mode: hidden\ncalibration:\n"
+                                                "  bos_expert: [1, 0, 0]\nexperts:\n" +
+                                                experts_yaml(),
+                                            "c.yaml"),
+                      false);
+      },
+      "needs gate_mode calibrated");
 }
 
 TEST(MoeTest, ConfigErrors) {

@@ -38,6 +38,7 @@ TinySpec qwen2_moe_spec(bool norm_topk) {
 }
 
 TEST(Qwen2Moe, LogitsMatchFp64Reference) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   for (bool norm_topk : {false, true}) {
     TempDir dir;
     const TinySpec spec = qwen2_moe_spec(norm_topk);

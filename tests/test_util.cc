@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "infer/gemm.h"
 #include "merge/method.h"
 
 namespace amalgam::testing {
@@ -72,5 +73,10 @@ std::string read_file(const fs::path& path) {
   s << in.rdbuf();
   return s.str();
 }
+
+Fp32Products::Fp32Products() : previous_(infer::reduced_precision_products()) {
+  infer::set_reduced_precision_products(false);
+}
+Fp32Products::~Fp32Products() { infer::set_reduced_precision_products(previous_); }
 
 }  // namespace amalgam::testing

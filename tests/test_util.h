@@ -42,6 +42,21 @@ std::string read_file(const std::filesystem::path& path);
 // Expects f() to throw an amalgam Error whose message contains `part`.
 void expect_error(const std::function<void()>& f, const std::string& part);
 
+// Pins the engine to fp32 products for the guard's scope. Tests that compare the engine with fp64
+// or transformers references, or two evaluation paths with each other, check its structure in
+// exact arithmetic: BF16 products (the default for BF16 and quantised weights) move logits by
+// ~1e-2 and, as any difference flips some BF16 roundings, differ between paths at that level.
+class Fp32Products {
+ public:
+  Fp32Products();
+  ~Fp32Products();
+  Fp32Products(const Fp32Products&) = delete;
+  Fp32Products& operator=(const Fp32Products&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Runs merge method `method` on whole fp32 tensors, one per source of `entry`.
 tensor::Tensor run_method(const std::string& method, const merge::PlanEntry& entry,
                           const std::vector<tensor::Tensor>& inputs, uint64_t seed = 0);

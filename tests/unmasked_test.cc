@@ -38,6 +38,7 @@ ForwardResult run(const Model& m, const std::vector<int32_t>& ids, bool unmasked
 }
 
 TEST(Unmasked, MatchesFullAttentionReference) {
+  const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
   for (const char* arch : {"llama", "mistral"}) {
     TempDir dir;
     TinySpec spec;

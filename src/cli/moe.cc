@@ -59,8 +59,9 @@ void run_moe(MoeArgs args) {
     }
   }
   const bool qwen = moe::output_arch(config) == moe::OutputArch::kQwen2Moe;
-  core::info("{}: {} MoE, {} experts{}, {} per token, gate_mode {}{}, {} of weights", args.out,
-             qwen ? "Qwen2" : "Mixtral", config.experts.size(), qwen ? " + 1 shared" : "",
+  core::info("{}: {} MoE, {} experts{}{}, {} per token, gate_mode {}{}, {} of weights", args.out,
+             qwen ? "Qwen2" : "Mixtral", config.experts.size(),
+             config.calibration.bos_expert.empty() ? "" : " + 1 BOS mix", qwen ? " + 1 shared" : "",
              config.experts_per_token, moe::gate_mode_name(config.gate_mode),
              args.fused ? ", fused layout" : "",
              core::human_bytes(static_cast<double>(report.weight_bytes)));

@@ -20,7 +20,7 @@ const dnnl::engine& cpu_engine() {
   return engine;
 }
 
-std::atomic<bool> g_bf16_compute{false};
+std::atomic<bool> g_reduced_precision{true};
 
 // oneDNN parallelises a call over omp_get_max_threads() threads; the caller is already one thread
 // of the engine's pool, so the call runs on it alone. The setting is the calling thread's own
@@ -114,7 +114,7 @@ bool cpu_has_native_bf16() {
   return has;
 }
 
-void set_bf16_compute(bool enabled) { g_bf16_compute = enabled; }
-bool bf16_compute_enabled() { return g_bf16_compute && cpu_has_native_bf16(); }
+void set_reduced_precision_products(bool enabled) { g_reduced_precision = enabled; }
+bool reduced_precision_products() { return g_reduced_precision && cpu_has_native_bf16(); }
 
 }  // namespace amalgam::infer

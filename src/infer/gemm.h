@@ -23,12 +23,14 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 // Whether this CPU multiplies BF16 natively (AVX512-BF16 or AMX).
 bool cpu_has_native_bf16();
 
-// BF16 products (the CLI's --bf16-products): BF16 and quantised weights (the latter dequantised
-// block by block to BF16) multiply activations rounded to BF16, with fp32 sums, on every path
-// (prefill and decode alike, so a batch gives what one-by-one evaluation gives). About twice the
-// prefill speed where the CPU has native BF16; ignored elsewhere. Off by default: every product
-// is then fp32 arithmetic on the stored values.
-void set_bf16_compute(bool enabled);
-bool bf16_compute_enabled();
+// Reduced-precision products, on by default (the CLI's --fp32-products turns them off), where
+// the CPU has native BF16 (ignored elsewhere): BF16 weights, and quantised weights on prefill
+// (dequantised block by block to BF16), multiply activations rounded to BF16; quantised weights
+// on decode multiply activations quantised to 8 bits with integer dot products (quant_dot.h).
+// Sums are fp32. About twice the prefill speed, three times the quantised decode speed. Off:
+// every product is fp32 arithmetic on the stored values. F32 and F16 weights always take fp32
+// products.
+void set_reduced_precision_products(bool enabled);
+bool reduced_precision_products();
 
 }  // namespace amalgam::infer

@@ -10,6 +10,7 @@
 #include "gguf/quant.h"
 #include "infer/gemm.h"
 #include "infer/kernels.h"
+#include "infer/quant_dot.h"
 #include "infer/thread_pool.h"
 
 namespace amalgam::infer {
@@ -32,7 +33,13 @@ struct RowChunk {
 
 // Whether w's products take BF16 operands (BF16 products on, BF16 or quantised weights).
 bool bf16_operands(const WeightMatrix& w) {
-  return bf16_compute_enabled() && (w.quant || w.dtype == tensor::DType::kBF16);
+  return reduced_precision_products() && (w.quant || w.dtype == tensor::DType::kBF16);
+}
+
+// Whether w's decode products are integer dot products on 8-bit activations (quant_dot.h): the
+// reduced-precision switch is on and w's block type has an integer kernel.
+bool integer_operands(const WeightMatrix& w) {
+  return w.quant && reduced_precision_products() && activation_block(*w.quant) != 0;
 }
 
 // Rounds to the nearest BF16 value, in place.
@@ -58,9 +65,18 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
   const KernelSet& k = best_kernels();
   // BF16 products: the same rounding of x (and of dequantised weights) as the oneDNN path.
   std::vector<float> x_rounded;
-  if (std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return bf16_operands(j.w); })) {
+  if (std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) {
+        return bf16_operands(j.w) && !integer_operands(j.w);
+      })) {
     x_rounded.assign(x_in, x_in + n * cols);
     round_to_bf16(x_rounded.data(), n * cols);
+  }
+  // Integer products: x quantised once per activation block size its jobs need.
+  QuantizedActivations x_q32, x_q256;
+  for (const MatmulJob& j : jobs) {
+    if (!integer_operands(j.w)) continue;
+    QuantizedActivations& xq = activation_block(*j.w.quant) == 32 ? x_q32 : x_q256;
+    if (xq.block == 0) quantize_activations(x_in, n, cols, activation_block(*j.w.quant), &xq);
   }
   const int threads = num_threads();
   int64_t total_rows = 0;
@@ -76,6 +92,14 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
     float* y = jobs[ch.job].y;
     const bool bf16 = bf16_operands(w);
     const float* x = bf16 ? x_rounded.data() : x_in;
+    if (integer_operands(w)) {
+      const QuantizedActivations& xq = activation_block(*w.quant) == 32 ? x_q32 : x_q256;
+      QuantRow x_rows[kGemvMaxRows];
+      for (int64_t i = 0; i < n; ++i) x_rows[i] = xq.row(i);
+      best_quant_dot().gemv(*w.quant, w.data + static_cast<size_t>(ch.r0) * w.row_bytes(),
+                            ch.rows, cols, x_rows, static_cast<int>(n), y + ch.r0, w.rows);
+      return;
+    }
     if (w.quant) {
       // Blocks of a few rows dequantised into L1/L2 and multiplied from there.
       thread_local std::vector<float> rows_f32;

@@ -237,6 +237,17 @@ io::ModelConfig MoeAssembler::output_model_config() const {
 std::vector<float> MoeAssembler::expert_tensor(int64_t expert, int64_t layer,
                                                const std::string& proj) const {
   const bool shared = expert == experts();
+  const std::vector<double>& mix = config_.calibration.bos_expert;
+  if (!shared && !mix.empty() && expert == experts() - 1) {
+    std::vector<double> sum;
+    for (size_t e = 0; e < mix.size(); ++e) {
+      if (mix[e] == 0.0) continue;
+      const std::vector<float> t = expert_tensor(static_cast<int64_t>(e), layer, proj);
+      sum.resize(t.size(), 0.0);
+      for (size_t i = 0; i < t.size(); ++i) sum[i] += mix[e] * t[i];
+    }
+    return std::vector<float>(sum.begin(), sum.end());
+  }
   const ExpertConfig& ec =
       shared ? config_.shared_experts[0] : config_.experts[static_cast<size_t>(expert)];
   tensor::Tensor t = (shared ? *shared_ : *experts_[expert]).load_f32(mlp_name(layer, proj));

@@ -48,7 +48,8 @@ class MoeAssembler {
   OutputArch output_arch() const { return arch_; }
   const io::Checkpoint& base() const { return *base_; }
   tensor::DType dtype() const { return dtype_; }
-  int64_t experts() const { return static_cast<int64_t>(config_.experts.size()); }
+  // Routed experts: the listed ones, then calibration.bos_expert's mix when given.
+  int64_t experts() const { return routed_experts(config_); }
   // Router rows per layer: the routed experts, then the shared expert's gate (Qwen2-MoE).
   int64_t gate_rows() const { return experts() + (shared_ ? 1 : 0); }
   const std::vector<io::OutputTensorSpec>& specs() const { return specs_; }
@@ -65,7 +66,8 @@ class MoeAssembler {
 
  private:
   void write_routers(const GateVectors& gates, merge::TensorSink& sink) const;
-  // Expert `expert`'s (experts() for the shared expert) MLP tensor, noised and scaled.
+  // Expert `expert`'s (experts() for the shared expert) MLP tensor, noised and scaled; the
+  // bos_expert's is the weighted sum of the listed experts' tensors.
   std::vector<float> expert_tensor(int64_t expert, int64_t layer, const std::string& proj) const;
   std::unique_ptr<io::Checkpoint> open_expert(const ExpertConfig& e, const std::string& what) const;
   void add_layer_specs(int64_t layer);

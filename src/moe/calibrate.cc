@@ -101,7 +101,7 @@ class Calibrator {
         router_dtype_(router_dtype),
         config_(config),
         samples_(std::move(samples)),
-        experts_(static_cast<int64_t>(config.experts.size())) {
+        experts_(routed_experts(config)) {
     for (size_t i = 0; i < samples_.size();) {
       size_t j = i, tokens = 0;
       while (j < samples_.size() &&
@@ -199,9 +199,15 @@ class Calibrator {
         count[e] += 1;
       }
     }
+    // Over the experts that have text (bos_expert has none).
     double mean = 0.0;
-    for (int64_t e = 0; e < experts_; ++e) mean += count[e] ? sum[e] / count[e] : 0.0;
-    return mean / static_cast<double>(experts_);
+    int64_t with_text = 0;
+    for (int64_t e = 0; e < experts_; ++e) {
+      if (count[e] == 0) continue;
+      mean += sum[e] / static_cast<double>(count[e]);
+      ++with_text;
+    }
+    return with_text ? mean / static_cast<double>(with_text) : 0.0;
   }
 
   int64_t experts() const { return experts_; }
@@ -227,11 +233,11 @@ std::vector<LayerCalibration> calibrate_routers(const io::ModelConfig& moe_confi
                                                 const tokenizer::Tokenizer& tokenizer,
                                                 const MoeConfig& config) {
   const int64_t L = moe_config.num_layers;
-  const int64_t E = static_cast<int64_t>(config.experts.size());
+  const int64_t E = routed_experts(config);
   const CalibrationConfig& cal = config.calibration;
   const int64_t every = cal.holdout > 0 ? std::max<int64_t>(2, std::llround(1.0 / cal.holdout)) : 0;
   std::vector<Sample> samples;
-  for (int64_t e = 0; e < E; ++e) {
+  for (size_t e = 0; e < config.experts.size(); ++e) {
     const std::vector<std::string> texts = calibration_texts(config.experts[e]);
     for (size_t i = 0; i < texts.size(); ++i) {
       const bool heldout =

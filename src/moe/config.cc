@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <set>
@@ -143,7 +144,7 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
       }
     } else if (key == "calibration") {
       const auto cal = r.entries(value, key);
-      r.check_keys(cal, {"l2", "holdout", "max_iterations", "bos"}, key);
+      r.check_keys(cal, {"l2", "holdout", "max_iterations", "bos", "bos_expert"}, key);
       for (const auto& [k, v, a] : cal) {
         const std::string p = key + "." + k;
         if (k == "l2") {
@@ -177,6 +178,11 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
           } else {
             c.calibration.bos_experts.push_back(index(v, p));
           }
+        } else if (k == "bos_expert") {
+          const auto items = r.sequence(v, p, "a list of weights, one per expert");
+          for (size_t i = 0; i < items.size(); ++i) {
+            c.calibration.bos_expert.push_back(number(r, items[i], fmt::format("{}[{}]", p, i)));
+          }
         } else if (k == "max_iterations") {
           c.calibration.max_iterations = r.integer(v, p);
           if (c.calibration.max_iterations < 1) fail_at(where, a, "{} must be positive", p);
@@ -206,6 +212,10 @@ bool names(const MoeConfig& c, std::string_view arch_name) {
 
 }  // namespace
 
+int64_t routed_experts(const MoeConfig& c) {
+  return static_cast<int64_t>(c.experts.size()) + (c.calibration.bos_expert.empty() ? 0 : 1);
+}
+
 OutputArch output_arch(const MoeConfig& c) {
   if (!c.architecture.empty() && !names(c, "mixtral")) return OutputArch::kQwen2Moe;
   if (c.architecture.empty() && !c.shared_experts.empty()) return OutputArch::kQwen2Moe;
@@ -215,10 +225,23 @@ OutputArch output_arch(const MoeConfig& c) {
 void validate(const MoeConfig& c, bool allow_same_model) {
   const std::string& w = c.where;
   if (c.experts.empty()) fail("{}: no experts: list at least one under 'experts'", w);
+  const std::vector<double>& mix = c.calibration.bos_expert;
+  if (!mix.empty()) {
+    if (c.gate_mode != GateMode::kCalibrated) {
+      fail("{}: calibration.bos_expert needs gate_mode calibrated (its router row is fitted)", w);
+    }
+    if (mix.size() != c.experts.size()) {
+      fail("{}: calibration.bos_expert lists {} weights for {} experts", w, mix.size(),
+           c.experts.size());
+    }
+    if (std::all_of(mix.begin(), mix.end(), [](double x) { return x == 0.0; })) {
+      fail("{}: calibration.bos_expert: every weight is 0", w);
+    }
+  }
   for (int32_t e : c.calibration.bos_experts) {
-    if (e >= static_cast<int64_t>(c.experts.size())) {
-      fail("{}: calibration.bos names expert {} but the experts are numbered 0 to {}", w, e,
-           c.experts.size() - 1);
+    if (e >= routed_experts(c)) {
+      fail("{}: calibration.bos names expert {} but the experts are numbered 0 to {}{}", w, e,
+           routed_experts(c) - 1, mix.empty() ? "" : " (the last one is bos_expert)");
     }
   }
   if (c.experts_per_token < 1) {

@@ -39,6 +39,11 @@ struct CalibrationConfig {
   // bos: N: BOS states labelled with expert N (its index under `experts`) in every layer;
   // bos: [N0, N1, ...]: expert N_l in layer l (one entry per layer).
   std::vector<int32_t> bos_experts;
+  // bos_expert: [w0, w1, ...]: one more routed expert (index = the number of experts) whose MLP
+  // is sum_e w_e * expert e's MLP. No calibration text is labelled with it; `bos` may name it.
+  // A BOS state shared by every task can then take a mix of the experts' computation, which
+  // one-expert-per-token routing cannot otherwise express (docs/moe.md).
+  std::vector<double> bos_expert;
 };
 
 struct MoeConfig {
@@ -52,6 +57,9 @@ struct MoeConfig {
   std::vector<ExpertConfig> shared_experts;
   CalibrationConfig calibration;
 };
+
+// Experts the router chooses from: the listed experts, then calibration.bos_expert's mix.
+int64_t routed_experts(const MoeConfig& c);
 
 MoeConfig parse_moe_config(const std::string& text, const std::string& where);
 MoeConfig read_moe_config(const std::string& path);
