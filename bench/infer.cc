@@ -7,9 +7,12 @@
 // checkpoint, which bench/vs_llama_cpp.sh also gives llama.cpp). Runs use the engine's default
 // reduced-precision products (infer/gemm.h); `--fp32-products` adds, for every model with BF16 or
 // quantised weights, a run with fp32 products, side by side.
+// `--kv-cache f32,bf16` runs each model once per KV-cache type; `--context N` decodes after a
+// prompt of N tokens (prefilled untimed), where attention reads N cache entries per token.
 //
 //   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--fp32-products]
-//               [--prefill 512] [--decode 128] [--in-memory]
+//               [--prefill 512] [--decode 128] [--in-memory] [--kv-cache f32,bf16,f16]
+//               [--context 0]
 
 // GCC 12 reports its own intrinsic headers' "undefined register" idiom as uninitialised use.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -162,11 +165,14 @@ struct Result {
   std::string dtype;
   double prefill = 0, decode = 0;
   uint64_t bytes_per_token = 0;
+  size_t cache_bytes = 0;  // KV cache after the decode run
 };
 
 Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens,
-           int64_t decode_tokens, bool in_memory, bool reduced_precision) {
+           int64_t decode_tokens, bool in_memory, bool reduced_precision, infer::KVType kv_type,
+           int64_t context) {
   infer::set_reduced_precision_products(reduced_precision);
+  infer::set_default_kv_type(kv_type);
   infer::LoadOptions lo;
   lo.in_memory = in_memory;
   auto model = infer::load_model(dir, lo);
@@ -193,15 +199,22 @@ Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens
     for (const auto& [stage, sec] : stages.seconds) fmt::print(stderr, " {} {:.2f}s", stage, sec);
     fmt::print(stderr, ")\n");
   }
-  // Decode from an empty context, one token per forward, best of two.
+  // Decode after `context` prompt tokens (prefilled untimed), one token per forward, best of two.
+  std::vector<int32_t> context_ids(static_cast<size_t>(context));
+  for (auto& t : context_ids) t = token(rng);
   for (int rep = 0; rep < 2; ++rep) {
     infer::KVCache cache = model->new_cache();
+    if (context > 0) {
+      infer::Batch batch;
+      batch.add_sequence(context_ids, 0, 0, false);
+      model->forward(batch, cache);
+    }
     infer::StageTimes stages;
     int32_t next = 1;
     const double t0 = now();
     for (int64_t i = 0; i < decode_tokens; ++i) {
       infer::Batch b;
-      b.add(next, static_cast<int32_t>(i), 0, true);
+      b.add(next, static_cast<int32_t>(context + i), 0, true);
       infer::ForwardOptions fo;
       fo.profile = &stages;
       auto out = model->forward(b, cache, fo);
@@ -210,6 +223,7 @@ Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens
     }
     const double tps = static_cast<double>(decode_tokens) / (now() - t0);
     r.decode = std::max(r.decode, tps);
+    r.cache_bytes = cache.bytes();
     fmt::print(stderr, "  {} decode run {}: {:.2f} tok/s (", label, rep, tps);
     for (const auto& [stage, sec] : stages.seconds) fmt::print(stderr, " {} {:.2f}s", stage, sec);
     fmt::print(stderr, ")\n");
@@ -239,18 +253,29 @@ int main(int argc, char** argv) {
   app.add_flag("--fp32-products", fp32_products,
                "Also run BF16 and quantised models with fp32 products (where the default is "
                "reduced-precision products: CPUs with native BF16)");
+  std::vector<std::string> kv_types = {"f32"};
+  app.add_option("--kv-cache", kv_types, "KV cache types to run, e.g. f32,bf16")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  int64_t context = 0;
+  app.add_option("--context", context, "Prompt tokens in the cache before decoding");
   CLI11_PARSE(app, argc, argv);
   infer::set_num_threads(threads);
   struct Run {
     std::string label;
     fs::path path;
     bool reduced_precision;
+    infer::KVType kv_type;
   };
   std::vector<Run> runs;
   auto add_run = [&](const std::string& label, const fs::path& path, bool native_possible) {
-    runs.push_back({label, path, true});
-    if (fp32_products && native_possible && infer::cpu_has_native_bf16()) {
-      runs.push_back({label + " (fp32 products)", path, false});
+    for (const std::string& kv : kv_types) {
+      const infer::KVType type = infer::parse_kv_type(kv);
+      const std::string name = kv_types.size() > 1 ? label + " (kv " + kv + ")" : label;
+      runs.push_back({name, path, true, type});
+      if (fp32_products && native_possible && infer::cpu_has_native_bf16()) {
+        runs.push_back({name + " (fp32 products)", path, false, type});
+      }
     }
   };
   if (models.empty()) {
@@ -274,7 +299,8 @@ int main(int argc, char** argv) {
   fmt::print(stderr, "read bandwidth {:.1f} GB/s, load average {:.2f}\n", before, load[0]);
   std::vector<Result> results;
   for (const Run& r : runs) {
-    results.push_back(run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision));
+    results.push_back(
+        run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision, r.kv_type, context));
   }
   const double after = huge_page_bandwidth(threads);
   double load_after[3] = {0, 0, 0};
@@ -286,13 +312,16 @@ int main(int argc, char** argv) {
       "{:.1f}), load average {:.2f} before, {:.2f} after\n",
       threads, in_memory ? "copied into huge-page memory" : "memory-mapped", bandwidth, before,
       after, load[0], load_after[0]);
+  const std::string after_context = context > 0 ? fmt::format(" after {}", context) : "";
   fmt::print(
-      "| dtype | prefill {} tok/s | decode {} tok/s | weights/token | bandwidth bound tok/s |\n",
-      prefill, decode);
-  fmt::print("|---|---|---|---|---|\n");
+      "| dtype | prefill {} tok/s | decode {}{} tok/s | weights/token | bandwidth bound tok/s | "
+      "KV cache |\n",
+      prefill, decode, after_context);
+  fmt::print("|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
-    fmt::print("| {} | {:.1f} | {:.2f} | {:.2f} GB | {:.2f} |\n", r.dtype, r.prefill, r.decode,
-               r.bytes_per_token / 1e9, bandwidth * 1e9 / static_cast<double>(r.bytes_per_token));
+    fmt::print("| {} | {:.1f} | {:.2f} | {:.2f} GB | {:.2f} | {:.1f} MB |\n", r.dtype, r.prefill,
+               r.decode, r.bytes_per_token / 1e9,
+               bandwidth * 1e9 / static_cast<double>(r.bytes_per_token), r.cache_bytes / 1e6);
   }
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -10,6 +11,7 @@
 #include "core/interrupt.h"
 #include "core/log.h"
 #include "infer/gemm.h"
+#include "infer/kv_cache.h"
 
 // 128 + SIGINT, as shells report a command stopped by Ctrl-C.
 constexpr int kInterruptedExit = 130;
@@ -31,10 +33,16 @@ int main(int argc, char** argv) {
                "Engine: multiply BF16 and quantised weights with fp32 activations (exact fp32 "
                "arithmetic on the stored values) instead of activations rounded to BF16; about "
                "half the prefill speed where the CPU has native BF16 (docs/inference.md)");
+  std::string kv_cache = "f32";
+  app.add_option("--kv-cache", kv_cache,
+                 "Engine: KV cache storage type, f32 (exact), bf16 or f16 (half the memory; logits "
+                 "within about 2e-2 of f32, docs/inference.md)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   app.parse_complete_callback([&] {
     if (quiet) amalgam::core::set_verbosity(amalgam::core::Verbosity::kQuiet);
     if (verbose) amalgam::core::set_verbosity(amalgam::core::Verbosity::kVerbose);
     amalgam::infer::set_reduced_precision_products(!fp32_products);
+    amalgam::infer::set_default_kv_type(amalgam::infer::parse_kv_type(kv_cache));
   });
   amalgam::cli::register_inspect(app);
   amalgam::cli::register_tokenize(app);

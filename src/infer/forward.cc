@@ -43,11 +43,30 @@ void linear(const Linear& l, const float* x, int64_t n, float* y) {
 
 }  // namespace
 
+int64_t Model::eviction_window() const {
+  int64_t window = 0;
+  for (const LayerWeights& lw : weights_.layers) {
+    if (lw.window <= 0) return 0;
+    window = std::max(window, lw.window);
+  }
+  return window;
+}
+
+KVCache Model::new_cache(KVType type, bool evict) const {
+  return KVCache(config_.num_layers, config_.num_kv_heads * config_.head_dim, type,
+                 evict ? eviction_window() : 0);
+}
+
 ForwardResult Model::forward(const Batch& batch, KVCache& cache,
                              const ForwardOptions& options) const {
   AMALGAM_CHECK(cache.layers() == config_.num_layers &&
                     cache.kv_dim() == config_.num_kv_heads * config_.head_dim,
                 "KV cache was made for another model shape");
+  const int64_t window = eviction_window();
+  AMALGAM_CHECK(cache.evict_window() == 0 || (window > 0 && cache.evict_window() >= window),
+                "KV cache evicts by a window of {} but the model attends within {}",
+                cache.evict_window(),
+                window > 0 ? fmt::format("{}", window) : "the whole sequence");
   AMALGAM_CHECK(options.micro_batch > 0, "micro_batch must be positive");
   const int64_t n = static_cast<int64_t>(batch.size());
   AMALGAM_CHECK(!options.unmasked || n <= options.micro_batch,
@@ -116,6 +135,9 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
   record(dump, "embd", -1, x.data(), n, D);
 
   // Cache slots, and RoPE angles (rd/2 per token) shared by all layers.
+  // Every position is checked before anything is appended: a refused micro-batch leaves the
+  // cache as it was.
+  for (int64_t t = 0; t < n; ++t) cache.check_position(tokens[t].seq, tokens[t].pos);
   std::vector<int64_t> entry(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) entry[t] = cache.append(tokens[t].seq, tokens[t].pos);
   const int64_t rd = rope_.rotary_dim(), half = rd / 2;
@@ -150,9 +172,7 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
     record(dump, "q_rope", l, q.data(), n, qdim);
     record(dump, "k_rope", l, k.data(), n, kvdim);
     for (int64_t t = 0; t < n; ++t) {
-      KVCache::Sequence& s = cache.sequence(tokens[t].seq);
-      std::copy(&k[t * kvdim], &k[(t + 1) * kvdim], s.k[l].begin() + entry[t] * kvdim);
-      std::copy(&v[t * kvdim], &v[(t + 1) * kvdim], s.v[l].begin() + entry[t] * kvdim);
+      cache.write(cache.sequence(tokens[t].seq), l, entry[t], &k[t * kvdim], &v[t * kvdim]);
     }
     timed(prof, "attention", [&] {
       attention({H, Hkv, d, lw.window, !options.unmasked}, tokens, n, q.data(), cache, l,
@@ -174,6 +194,15 @@ void Model::forward_micro_batch(const BatchToken* tokens, int64_t n, int64_t fir
     record(dump, "ffn_out", l, out.data(), n, D);
     add_into(x.data(), out.data(), n * D);
     record(dump, "l_out", l, x.data(), n, D);
+  }
+
+  // Every query of this micro-batch is done with the cache: drop what no later one can see.
+  if (cache.evict_window() > 0) {
+    int32_t previous = -1;
+    for (int64_t t = 0; t < n; ++t) {
+      if (tokens[t].seq != previous) cache.evict(tokens[t].seq);
+      previous = tokens[t].seq;
+    }
   }
 
   if (!hidden_rows.empty()) {

@@ -83,9 +83,14 @@ class Model {
   // every expert).
   uint64_t weight_bytes_per_token() const;
 
-  KVCache new_cache() const {
-    return KVCache(config_.num_layers, config_.num_kv_heads * config_.head_dim);
-  }
+  // A cache in the process default type (--kv-cache), evicting what the window no longer sees
+  // when every layer slides (Mistral).
+  KVCache new_cache() const { return new_cache(default_kv_type()); }
+  // `evict` false keeps every entry whatever the window (to compare against, or to rewind far).
+  KVCache new_cache(KVType type, bool evict = true) const;
+  // The window every layer attends within (the largest if they differ), 0 if some layer sees
+  // the whole sequence: what a cache may evict by.
+  int64_t eviction_window() const;
   ForwardResult forward(const Batch& batch, KVCache& cache,
                         const ForwardOptions& options = {}) const;
 
