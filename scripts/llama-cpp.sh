@@ -55,7 +55,8 @@ flock 9
 all_built() {
   for target in "$@"; do [[ -x "$bin/$target" ]] || return 1; done
 }
-if all_built "$@"; then
+# (.amalgam-log-flush: the patch below is applied; caches made before it get it now.)
+if all_built "$@" && [[ -f "$cache/src/.amalgam-log-flush" ]]; then
   echo "$bin"
   exit 0
 fi
@@ -103,6 +104,21 @@ if [[ ! -f "$src/.amalgam-cloned" ]]; then
   mv "$staging/src" "$src"
   rm -rf "$staging"
   trap - EXIT
+fi
+
+# The one change to llama.cpp's source: llama-perplexity flushes its log before it returns. The
+# logger is an asynchronous queue that llama.cpp leaks at exit on purpose (common/log.cpp,
+# common_log_main), so on a busy machine the lines queued last (the final chunks and the final
+# estimate, which the conformance tests read) are now and then lost. Numerics are untouched.
+if [[ ! -f "$src/.amalgam-log-flush" ]]; then
+  ppl="$src/tools/perplexity/perplexity.cpp"
+  if [[ $(grep -c '^    llama_backend_free();$' "$ppl") != 1 ]]; then
+    log "$ppl: the line to patch (llama_backend_free at the end of main) was not found"
+    exit 1
+  fi
+  sed -i 's|^    llama_backend_free();$|    llama_backend_free();\n    common_log_pause(common_log_main());  // amalgam: flush the log before exit|' "$ppl"
+  rm -f "$bin/llama-perplexity"
+  touch "$src/.amalgam-log-flush"
 fi
 
 build="$cache/build"
