@@ -95,6 +95,25 @@ class ZooModel : public ::testing::Test {
     }
     return out;
   }
+  // Continuations: the first 20 zoo prompts of each task followed by their answers, plus two
+  // held-out rows.
+  static std::vector<ScoreRequest> zoo_score_requests() {
+    std::vector<ScoreRequest> requests;
+    for (const char* name : {"add", "rev", "sort"}) {
+      Task t = load_task(zoo("eval") / (std::string(name) + ".json"));
+      limit_items(t, 20);
+      for (const auto& item : t.generation) {
+        requests.push_back({model_->tokenizer->encode(item.prompt, true),
+                            model_->tokenizer->encode(item.answer, false)});
+      }
+    }
+    Task heldout = load_task(testing::source_dir() / "data/eval/zoo-heldout.json");
+    heldout.perplexity.rows = 2;
+    for (auto& row : perplexity_rows(*model_->tokenizer, heldout.perplexity, "heldout")) {
+      requests.push_back({{row[0]}, std::vector<int32_t>(row.begin() + 1, row.end())});
+    }
+    return requests;
+  }
   static ModelLoader* loader_;
   static LoadedModel* model_;
 };
@@ -133,21 +152,7 @@ TEST_F(ZooModel, PackedGreedyEqualsOneByOne) {
 
 TEST_F(ZooModel, PackedScoresEqualOneByOneAndInferPerplexity) {
   const testing::Fp32Products fp32;  // exact arithmetic: see testing::Fp32Products
-  // Continuations: each zoo prompt followed by its answer, plus two held-out rows.
-  std::vector<ScoreRequest> requests;
-  for (const char* name : {"add", "rev", "sort"}) {
-    Task t = load_task(zoo("eval") / (std::string(name) + ".json"));
-    limit_items(t, 20);
-    for (const auto& item : t.generation) {
-      requests.push_back({model_->tokenizer->encode(item.prompt, true),
-                          model_->tokenizer->encode(item.answer, false)});
-    }
-  }
-  Task heldout = load_task(testing::source_dir() / "data/eval/zoo-heldout.json");
-  heldout.perplexity.rows = 2;
-  for (auto& row : perplexity_rows(*model_->tokenizer, heldout.perplexity, "heldout")) {
-    requests.push_back({{row[0]}, std::vector<int32_t>(row.begin() + 1, row.end())});
-  }
+  const std::vector<ScoreRequest> requests = zoo_score_requests();
   RunOptions one;
   one.packed = false;
   RunOptions tight;
@@ -177,20 +182,7 @@ TEST_F(ZooModel, PackedScoresEqualOneByOneAndInferPerplexity) {
 // 2.0e-3; the bounds leave 2.4x and 3x room.
 TEST_F(ZooModel, PackedScoresUnderBf16ProductsStayClose) {
   if (!infer::reduced_precision_products()) GTEST_SKIP() << "no native BF16 on this CPU";
-  std::vector<ScoreRequest> requests;
-  for (const char* name : {"add", "rev", "sort"}) {
-    Task t = load_task(zoo("eval") / (std::string(name) + ".json"));
-    limit_items(t, 20);
-    for (const auto& item : t.generation) {
-      requests.push_back({model_->tokenizer->encode(item.prompt, true),
-                          model_->tokenizer->encode(item.answer, false)});
-    }
-  }
-  Task heldout = load_task(testing::source_dir() / "data/eval/zoo-heldout.json");
-  heldout.perplexity.rows = 2;
-  for (auto& row : perplexity_rows(*model_->tokenizer, heldout.perplexity, "heldout")) {
-    requests.push_back({{row[0]}, std::vector<int32_t>(row.begin() + 1, row.end())});
-  }
+  const std::vector<ScoreRequest> requests = zoo_score_requests();
   const auto packed = score_continuations(*model_->model, requests, {});
   double worst = 0, worst_relative = 0;
   for (size_t i = 0; i < requests.size(); ++i) {

@@ -221,11 +221,9 @@ TEST(MoeTest, CalibratedRoutersSeparateExperts) {
   }
 }
 
-// calibration.bos: N labels BOS with expert N in every layer. Every other token of an add item
-// goes to the add expert (the fitted router separates the tasks), so with BOS there too the MoE
-// computes mlp-add-expert exactly on add items; with BOS elsewhere it does not.
-TEST(MoeTest, CalibratedBosExpertRoutesBos) {
-  TempDir dir;
+// The `experts:` entries of the MLP-only experts, each calibrated on the first 40 items of its
+// task (written as JSONL into `dir`).
+std::string calibrated_experts_yaml(const TempDir& dir) {
   const char* tasks[] = {"add", "rev", "sort"};
   std::string experts;
   for (int e = 0; e < 3; ++e) {
@@ -233,11 +231,20 @@ TEST(MoeTest, CalibratedBosExpertRoutesBos) {
         nlohmann::json::parse(testing::read_file(zoo("eval") / (std::string(tasks[e]) + ".json")));
     std::string lines;
     for (int i = 0; i < 40; ++i) lines += items[i].dump() + "\n";
-    testing::write_file(dir / (std::string(tasks[e]) + ".jsonl"), lines);
+    const fs::path file = dir / (std::string(tasks[e]) + ".jsonl");
+    testing::write_file(file, lines);
     experts += "  - source_model: " + zoo(kExperts[e]).string() +
-               "\n    calibration_data: " + (dir / (std::string(tasks[e]) + ".jsonl")).string() +
-               "\n";
+               "\n    calibration_data: " + file.string() + "\n";
   }
+  return experts;
+}
+
+// calibration.bos: N labels BOS with expert N in every layer. Every other token of an add item
+// goes to the add expert (the fitted router separates the tasks), so with BOS there too the MoE
+// computes mlp-add-expert exactly on add items; with BOS elsewhere it does not.
+TEST(MoeTest, CalibratedBosExpertRoutesBos) {
+  TempDir dir;
+  const std::string experts = calibrated_experts_yaml(dir);
   const std::string head =
       "base_model: " + zoo("base").string() + "\ngate_mode: calibrated\nexperts_per_token: 1\n";
   const auto tok = tokenizer::Tokenizer::from_directory(zoo("base"));
@@ -280,18 +287,7 @@ TEST(MoeTest, CalibratedBosExpertRoutesBos) {
 // experts' own checkpoints.
 TEST(MoeTest, BosExpertIsTheWeightedMixAndTakesBos) {
   TempDir dir;
-  const char* tasks[] = {"add", "rev", "sort"};
-  std::string experts;
-  for (int e = 0; e < 3; ++e) {
-    const nlohmann::json items =
-        nlohmann::json::parse(testing::read_file(zoo("eval") / (std::string(tasks[e]) + ".json")));
-    std::string lines;
-    for (int i = 0; i < 40; ++i) lines += items[i].dump() + "\n";
-    testing::write_file(dir / (std::string(tasks[e]) + ".jsonl"), lines);
-    experts += "  - source_model: " + zoo(kExperts[e]).string() +
-               "\n    calibration_data: " + (dir / (std::string(tasks[e]) + ".jsonl")).string() +
-               "\n";
-  }
+  const std::string experts = calibrated_experts_yaml(dir);
   const std::string head = "base_model: " + zoo("base").string() +
                            "\ngate_mode: calibrated\nexperts_per_token: 1\ndtype: float32\n";
   const double w[] = {0.75, 0.0, 0.25};
