@@ -73,11 +73,14 @@ std::vector<uint8_t> encode_rows(KVType type, int64_t n, int64_t width, uint32_t
 }
 
 TEST(KVKernels, EverySetMatchesAnFp64Reference) {
-  // d = 40 leaves a tail after whole registers; rows sit inside wider rows (kv heads); nq query
-  // heads at once (a GQA group), with padded score / weight rows.
-  const int64_t n = 37, d = 40, width = 3 * d, offset = d, pad = 3;
+  // d = 40 leaves a tail after whole registers (rows go one at a time); d = 64 goes through the
+  // tiles of 8 or 16 rows, and n = 37 leaves rows after the last tile; rows sit inside wider
+  // rows (kv heads); nq query heads at once (a GQA group), with padded score / weight rows.
+  const int64_t n = 37, pad = 3;
   const float scale = 0.125f;
+  for (int64_t d : {int64_t{40}, int64_t{64}})
   for (KVType type : {KVType::kF32, KVType::kBF16, KVType::kF16}) {
+    const int64_t width = 3 * d, offset = d;
     std::vector<double> values;
     const auto bytes = encode_rows(type, n, width, 3, values);
     const int64_t elem = static_cast<int64_t>(kv_type_size(type)), stride = width * elem;
@@ -103,7 +106,7 @@ TEST(KVKernels, EverySetMatchesAnFp64Reference) {
         }
       }
       for (const KVKernelSet* set : kv_available_kernel_sets()) {
-        SCOPED_TRACE(fmt::format("{} {} nq {}", set->name, kv_type_name(type), nq));
+        SCOPED_TRACE(fmt::format("{} {} d {} nq {}", set->name, kv_type_name(type), d, nq));
         std::vector<float> scores(nq * (n + pad), -7.0f), out(nq * d, 0.5f), wide(n * d);
         const uint8_t* base = bytes.data() + offset * elem;
         set->dot_rows(type, base, stride, n, q.data(), nq, d, scale, scores.data(), n + pad);

@@ -35,6 +35,21 @@ inline float vsum(Reg v) {
   return _mm_cvtss_f32(s);
 }
 inline void vstore(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+inline Reg vmul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
+// Lane r of the result = the sum of the lanes of v[r], for r < 8: a transpose-and-add tree.
+inline Reg vsum_tile(const Reg* v) {
+  Reg p[4], q[2];
+  for (int k = 0; k < 4; ++k) {  // per 128-bit lane: a0+a2, b0+b2, a1+a3, b1+b3
+    p[k] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * k], v[2 * k + 1]),
+                         _mm256_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+  }
+  for (int k = 0; k < 2; ++k) {  // per 128-bit lane: the lane's sums of v[4k .. 4k+3]
+    q[k] = _mm256_add_ps(_mm256_shuffle_ps(p[2 * k], p[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(p[2 * k], p[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  return _mm256_add_ps(_mm256_permute2f128_ps(q[0], q[1], 0x20),
+                       _mm256_permute2f128_ps(q[0], q[1], 0x31));
+}
 
 #include "infer/kv_kernels_simd.inc"
 

@@ -30,6 +30,26 @@ inline Reg vload_f16(const uint8_t* p) {
 inline Reg vfma(Reg a, Reg b, Reg acc) { return _mm512_fmadd_ps(a, b, acc); }
 inline float vsum(Reg v) { return _mm512_reduce_add_ps(v); }
 inline void vstore(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+inline Reg vmul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+// Lane r of the result = the sum of the lanes of v[r], for r < 16: a transpose-and-add tree,
+// 45 instructions for 16 sums instead of 16 separate horizontal reductions.
+inline Reg vsum_tile(const Reg* v) {
+  Reg p[8], q[4], r[2];
+  for (int k = 0; k < 8; ++k) {  // per 128-bit lane: a0+a2, b0+b2, a1+a3, b1+b3
+    p[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]),
+                         _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+  }
+  for (int k = 0; k < 4; ++k) {  // per 128-bit lane: the lane's sums of v[4k .. 4k+3]
+    q[k] = _mm512_add_ps(_mm512_shuffle_ps(p[2 * k], p[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(p[2 * k], p[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int k = 0; k < 2; ++k) {  // 128-bit lanes: halves of v[8k .. 8k+3] and of v[8k+4 .. 8k+7]
+    r[k] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * k], q[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(q[2 * k], q[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
 
 #include "infer/kv_kernels_simd.inc"
 
