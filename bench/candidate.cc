@@ -10,8 +10,9 @@
 //   bench_candidate BASE MODEL_A MODEL_B [--threads N] [--repeat N]
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <chrono>
-#include <cstring>
 #include <functional>
 
 #include "core/error.h"
@@ -34,18 +35,10 @@ std::string dare_recipe(const fs::path& base, const fs::path& a, const fs::path&
       base.string(), a.string(), w, b.string(), 1 - w);
 }
 
-int run(int argc, char** argv) {
-  if (argc < 4) {
-    fmt::print(stderr, "usage: {} BASE MODEL_A MODEL_B [--threads N] [--repeat N]\n", argv[0]);
-    return 2;
-  }
-  const fs::path base = fs::absolute(argv[1]), a = fs::absolute(argv[2]), b = fs::absolute(argv[3]);
-  unsigned threads = 0;
-  int repeat = 3;
-  for (int i = 4; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], "--threads") == 0) threads = std::stoul(argv[i + 1]);
-    if (std::strcmp(argv[i], "--repeat") == 0) repeat = std::stoi(argv[i + 1]);
-  }
+int run(fs::path base, fs::path a, fs::path b, unsigned threads, int repeat) {
+  base = fs::absolute(base);
+  a = fs::absolute(a);
+  b = fs::absolute(b);
   merge::InputSet inputs;
   recipe::PlanOptions po;
   po.inputs = &inputs;
@@ -102,8 +95,19 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  CLI::App app{"Per-candidate merge cost of the recipe search"};
+  fs::path base, a, b;
+  unsigned threads = 0;
+  int repeat = 3;
+  app.add_option("BASE", base, "Base checkpoint")->required();
+  app.add_option("MODEL_A", a, "First fine-tune")->required();
+  app.add_option("MODEL_B", b, "Second fine-tune")->required();
+  app.add_option("--threads", threads, "Merge threads (default: all cores)");
+  app.add_option("--repeat", repeat, "Runs of each case (the best is kept)")
+      ->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   try {
-    return run(argc, argv);
+    return run(base, a, b, threads, repeat);
   } catch (const amalgam::Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;

@@ -8,10 +8,10 @@
 // Prints a Markdown table; each figure is the best of N runs (the machine may be shared).
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -46,21 +46,14 @@ int main(int argc, char** argv) {
   fs::path model_dir = root / "data/zoo/add-expert";
   int repeats = 5;
   std::vector<int> thread_counts = {1, 2};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--repeats" && i + 1 < argc) {
-      repeats = std::max(1, std::atoi(argv[++i]));
-    } else if (a == "--threads" && i + 1 < argc) {
-      thread_counts.clear();
-      for (const char* p = argv[++i]; *p;) {
-        thread_counts.push_back(std::atoi(p));
-        while (*p && *p != ',') ++p;
-        if (*p == ',') ++p;
-      }
-    } else {
-      model_dir = a;
-    }
-  }
+  CLI::App app{"Evaluation throughput on the zoo tasks"};
+  app.add_option("MODEL", model_dir, "Checkpoint to evaluate (default: the zoo's add expert)");
+  app.add_option("--repeats", repeats, "Runs of each case (the best is kept)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--threads", thread_counts, "Engine thread counts to run, e.g. 1,2")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
 
   eval::ModelLoader loader(1);
   eval::LoadedModel m = loader.load(model_dir);

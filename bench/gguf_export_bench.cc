@@ -10,6 +10,8 @@
 // --threads sets OMP_NUM_THREADS for the export (default: all cores).
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <filesystem>
 #include <sstream>
 #include <string>
@@ -49,12 +51,13 @@ int main(int argc, char** argv) {
   int repeat = 3;
   std::string threads, types = "f16,q4_k_m";
   fs::path cache = fs::path(AMALGAM_SOURCE_DIR) / "bench" / ".cache" / "gguf";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--repeat") == 0) repeat = std::max(1, std::atoi(argv[i + 1]));
-    if (std::strcmp(argv[i], "--threads") == 0) threads = argv[i + 1];
-    if (std::strcmp(argv[i], "--cache") == 0) cache = argv[i + 1];
-    if (std::strcmp(argv[i], "--types") == 0) types = argv[i + 1];
-  }
+  CLI::App app{"GGUF export speed against the I/O floor, and peak memory"};
+  app.add_option("--repeat", repeat, "Runs of each export (the best is kept)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "OMP_NUM_THREADS of the exports (default: all cores)");
+  app.add_option("--cache", cache, "Directory of the generated checkpoint");
+  app.add_option("--types", types, "Comma-separated export types");
+  CLI11_PARSE(app, argc, argv);
   try {
     fs::create_directories(cache);
     const fs::path model = cache / "tinyllama";

@@ -6,9 +6,9 @@
 //   bench_make_tinyllama OUT_DIR --seed N [--family F]
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -135,17 +135,15 @@ void make(const fs::path& out, uint64_t seed, uint64_t family) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    fmt::print(stderr, "usage: {} OUT_DIR [--seed N] [--family F]\n", argv[0]);
-    return 2;
-  }
+  CLI::App app{"Writes a TinyLlama-1.1B-shaped bf16 checkpoint with random weights"};
+  std::string out;
   uint64_t seed = 1, family = 1;
-  for (int i = 2; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
-    if (std::strcmp(argv[i], "--family") == 0) family = std::strtoull(argv[i + 1], nullptr, 10);
-  }
+  app.add_option("OUT_DIR", out, "Directory to write")->required();
+  app.add_option("--seed", seed, "Seed of this model's own noise");
+  app.add_option("--family", family, "Seed of the shared base (same family: fine-tunes of one base)");
+  CLI11_PARSE(app, argc, argv);
   try {
-    make(argv[1], seed, family);
+    make(out, seed, family);
   } catch (const amalgam::Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;

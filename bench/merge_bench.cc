@@ -13,9 +13,9 @@
 // --only runs just the named merges (comma-separated: linear, ties, dare_ties, della).
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -48,12 +48,13 @@ int main(int argc, char** argv) {
   int repeat = 3;
   std::string threads, only;
   fs::path cache = fs::path(AMALGAM_SOURCE_DIR) / "bench" / ".cache" / "merge";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--repeat") == 0) repeat = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--threads") == 0) threads = argv[i + 1];
-    if (std::strcmp(argv[i], "--cache") == 0) cache = argv[i + 1];
-    if (std::strcmp(argv[i], "--only") == 0) only = argv[i + 1];
-  }
+  CLI::App app{"Merge throughput against the I/O floor, and peak memory"};
+  app.add_option("--repeat", repeat, "Runs of each merge (the best is kept)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "Threads of the merges (default: all cores)");
+  app.add_option("--cache", cache, "Directory of the generated checkpoints");
+  app.add_option("--only", only, "Comma-separated merges to run: linear, ties, dare_ties, della");
+  CLI11_PARSE(app, argc, argv);
   try {
     fs::create_directories(cache);
     const std::vector<std::string> names = {"base", "expert-1", "expert-2"};
