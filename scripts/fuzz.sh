@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/*_fuzz.cc) with clang, ASan and UBSan in ./build-fuzz and runs
 # each for SECONDS seconds (default 60) on a seed corpus made from the zoo and the test data.
-# Crashing inputs are written to build-fuzz/crashes/<target>/; turn each into a regression test.
+# Crashing inputs are written to build-fuzz/crashes/<target>/; each one found goes to
+# tests/data/fuzz/<target>/ (tests/yaml_guard_test.cc runs the recipe ones) or a bad-input case.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,10 @@ seed config_fuzz data/zoo/*/config.json tests/data/transformers/*/config.json
 seed tokenizer_fuzz data/zoo/base/tokenizer.json tests/data/transformers/qwen2/tokenizer.json
 seed recipe_fuzz $(git ls-files '*.yaml' '*.yml' | head -50)
 seed task_fuzz data/zoo/eval/*.json
+# Every finding kept as a regression input (tests/data/fuzz/TARGET/) stays in its corpus.
+for t in "${targets[@]}"; do
+  if [ -d "tests/data/fuzz/$t" ]; then seed "$t" tests/data/fuzz/"$t"/*; fi
+done
 
 for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/crashes/$t"

@@ -4,16 +4,37 @@
 
 namespace amalgam::core {
 
+namespace {
+
+bool blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+// Leading spaces of the line holding text[i].
+size_t line_indent(const std::string& text, size_t i) {
+  size_t begin = text.rfind('\n', i);
+  begin = begin == std::string::npos ? 0 : begin + 1;
+  size_t end = begin;
+  while (end < text.size() && text[end] == ' ') ++end;
+  return end - begin;
+}
+
+bool flow_indicator(char c) { return c == ',' || c == '[' || c == ']' || c == '{' || c == '}'; }
+
+}  // namespace
+
+// A light scan of the YAML tokens that matter here: quotes, comments, flow brackets, and plain
+// scalars (the only place a ',' may stand outside brackets: "models: a, b" is one scalar).
 void check_yaml_text(const std::string& text, const std::string& where) {
-  int depth = 0;  // [ and { open outside quotes and comments
-  size_t line = 1;
-  bool line_start = true;
+  int depth = 0;        // [ and { open outside quotes and comments
+  bool plain = false;   // inside a plain scalar at depth 0 (it may contain ',')
+  bool start = true;    // at the start of a line: "---" there is the document marker
   char quote = 0;
+  size_t line = 1;
+  const auto next_is_blank = [&](size_t i) { return i + 1 >= text.size() || blank(text[i + 1]); };
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (c == '\n') {
       ++line;
-      line_start = true;
+      start = true;
+      plain = false;
       quote = 0;  // a quoted scalar spanning lines is rare in recipes; being lenient is safe here
       continue;
     }
@@ -21,20 +42,55 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       if (c == quote) quote = 0;
       continue;
     }
-    if (line_start && (c == ' ' || c == '\t')) continue;
-    if (line_start && c == ',' && depth == 0) {
-      fail("{}:{}: a line cannot start with ',' outside [ ] or {{ }} (malformed YAML)", where,
+    const bool line_start = start;
+    if (c != ' ' && c != '\t') start = false;
+    if (c == ' ' || c == '\t' || c == '\r') continue;
+    if (c == '#' && (i == 0 || blank(text[i - 1]))) {  // a comment, to the end of the line
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+      continue;
+    }
+    if (depth > 0) {  // flow context: ',' separates entries
+      if (c == '"' || c == '\'') quote = c;
+      if (c == '[' || c == '{') ++depth;
+      if (c == ']' || c == '}') --depth;
+      continue;
+    }
+    if (plain) {  // a plain scalar runs until ": " (a mapping key ends) or the line ends
+      if (c == ':' && next_is_blank(i)) plain = false;
+      continue;
+    }
+    if (c == ',') {
+      fail("{}:{}: ',' outside [ ] or {{ }} where no value can contain it (malformed YAML)", where,
            line);
     }
-    line_start = false;
-    if (c == '#' && (i == 0 || text[i - 1] == ' ' || text[i - 1] == '\t')) {
-      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
-    } else if (c == '"' || c == '\'') {
+    if (c == '"' || c == '\'') {
       quote = c;
     } else if (c == '[' || c == '{') {
       ++depth;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
+    } else if (c == '!' || c == '&' || c == '*') {
+      // A tag, anchor or alias: up to a blank or a flow indicator (none of them may contain one).
+      while (i + 1 < text.size() && !blank(text[i + 1]) && !flow_indicator(text[i + 1])) ++i;
+    } else if (line_start && (text.compare(i, 3, "---") == 0 || text.compare(i, 3, "...") == 0) &&
+               next_is_blank(i + 2)) {
+      i += 2;  // a document marker
+    } else if (c == '|' || c == '>') {
+      // A block scalar ("chat_template: |"): its lines, indented deeper than this one, are text.
+      const size_t indent = line_indent(text, i);
+      while (i < text.size() && text[i] != '\n') ++i;
+      while (i < text.size()) {  // at the '\n' ending the last line consumed
+        size_t j = i + 1, spaces = 0;
+        while (j < text.size() && text[j] == ' ') ++j, ++spaces;
+        const bool empty = j >= text.size() || text[j] == '\n' || text[j] == '\r';
+        if (!empty && spaces <= indent) break;
+        ++line;
+        i = j;
+        while (i < text.size() && text[i] != '\n') ++i;
+      }
+      --i;  // the loop's next step sees the '\n' (or the end)
+    } else if ((c == '-' || c == '?' || c == ':') && next_is_blank(i)) {
+      // an indicator: sequence entry, mapping key or value
+    } else if (c != ']' && c != '}') {  // (an unmatched close is yaml-cpp's own clear error)
+      plain = true;
     }
   }
 }
