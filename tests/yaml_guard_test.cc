@@ -42,12 +42,25 @@ TEST(YamlGuard, RefusesTheTextsThatHangTheReader) {
       {"--- ,\n", "r.yaml:1:"},   // after the document marker
       {"%YAML 1.2\n---\n,\n", "r.yaml:3:"},
       {"a: |\n  , text\n, y\n", "r.yaml:3:"},  // after a block scalar's text
+      {"\xEF\xBB\xBF,\n", "r.yaml:1:"},          // after a byte order mark
   };
   for (const auto& [text, where] : cases) {
     SCOPED_TRACE(text);
     const std::string message = refusal(text);
     EXPECT_NE(message.find(where + " ',' outside [ ] or { }"), std::string::npos) << message;
   }
+}
+
+// NUL bytes make yaml-cpp read the text as UTF-16 or UTF-32, where "\0\0\0," is a lone ','.
+TEST(YamlGuard, RefusesControlCharacters) {
+  for (const auto& [text, message] : std::vector<std::pair<std::string, std::string>>{
+           {std::string("\0\0\0,z", 5), "r.yaml:1: control character 0x00: not YAML text"},
+           {"a: 1\nb: \x1b[0m\n", "r.yaml:2: control character 0x1b"},
+           {"a: \"\x7f\"\n", "r.yaml:1: control character 0x7f"},
+       }) {
+    EXPECT_NE(refusal(text).find(message), std::string::npos) << refusal(text);
+  }
+  EXPECT_EQ(refusal("a:\tb, c\r\nd: e\n"), "");  // tabs and CRLF line ends are text
 }
 
 TEST(YamlGuard, PassesCommasThatValuesHold) {
@@ -64,6 +77,7 @@ TEST(YamlGuard, PassesCommasThatValuesHold) {
            "a: |\n  'x', y\n  , z\n\n  {, w\nb: 1\n",  // a block scalar's lines are text
            "chat_template: >-\n  {%- for m in messages %}, {{ m }}\n",
            "---\na: 1\n...\n---\nb: x, y\n",  // documents
+           "\xEF\xBB\xBF" "a: x, y\n",          // a byte order mark
        }) {
     EXPECT_EQ(refusal(text), "") << text;
   }
@@ -80,7 +94,7 @@ TEST(YamlGuard, FuzzFindingsAreRefused) {
     EXPECT_THROW(recipe::parse_recipe_documents(text, entry.path().filename().string()), Error);
     ++count;
   }
-  EXPECT_GE(count, 2);
+  EXPECT_GE(count, 3);
 }
 
 // The guard refuses no YAML file the project ships (recipes, configs, CI files).

@@ -31,6 +31,16 @@ void check_yaml_text(const std::string& text, const std::string& where) {
   const auto next_is_blank = [&](size_t i) { return i + 1 >= text.size() || blank(text[i + 1]); };
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
+    if (i == 0 && text.compare(0, 3, "\xEF\xBB\xBF") == 0) {  // a UTF-8 byte order mark
+      i = 2;
+      continue;
+    }
+    // YAML text holds no control characters but tab and line breaks; NUL bytes also make
+    // yaml-cpp read the text as UTF-16 or UTF-32 (where "\0\0\0," is a ',' that hangs it).
+    const auto byte = static_cast<unsigned char>(c);
+    if ((byte < 0x20 && c != '\t' && c != '\n' && c != '\r') || byte == 0x7f) {
+      fail("{}:{}: control character 0x{:02x}: not YAML text (UTF-8 expected)", where, line, byte);
+    }
     if (c == '\n') {
       ++line;
       start = true;
