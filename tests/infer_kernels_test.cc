@@ -95,6 +95,39 @@ TEST(Kernels, GemvMatchesScalarTwin) {
   }
 }
 
+// The AVX512-BF16 dot-product gemv against an fp64 reference of the same BF16 operands: the
+// products are exact, only the fp32 sums differ (1e-5 relative to the sum of |products|).
+TEST(Kernels, BF16DotGemvMatchesAnFp64Reference) {
+  const GemvBF16Dot dot = gemv_bf16_dot_kernel();
+  if (dot == nullptr) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  const int64_t shapes[][2] = {{1, 1}, {5, 7}, {16, 64}, {37, 67}, {64, 256}, {9, 1000}};
+  for (const auto& shape : shapes) {
+    const int64_t rows = shape[0], cols = shape[1];
+    Weights w = random_weights(DType::kBF16, rows * cols, 7);
+    for (int nx = 1; nx <= kGemvMaxInputs; ++nx) {
+      const int64_t x_stride = cols + 3, y_stride = rows + 2;
+      const std::vector<float> xf = random_vector(nx * x_stride, 11);
+      std::vector<uint16_t> x(xf.size());
+      for (size_t i = 0; i < xf.size(); ++i) x[i] = core::f32_to_bf16(xf[i]);
+      std::vector<float> y(static_cast<size_t>(nx * y_stride), -1.0f);
+      dot(w.bytes.data(), rows, cols, x.data(), nx, x_stride, y.data(), y_stride);
+      for (int i = 0; i < nx; ++i) {
+        for (int64_t r = 0; r < rows; ++r) {
+          double ref = 0.0, mag = 0.0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const double p = w.values[r * cols + c] * core::bf16_to_f32(x[i * x_stride + c]);
+            ref += p;
+            mag += std::abs(p);
+          }
+          EXPECT_NEAR(y[i * y_stride + r], ref, 1e-5 * (mag + 1e-3))
+              << rows << "x" << cols << " nx=" << nx << " i=" << i << " r=" << r;
+        }
+        for (int64_t r = rows; r < y_stride; ++r) EXPECT_EQ(y[i * y_stride + r], -1.0f);
+      }
+    }
+  }
+}
+
 // Widening is exact: every variant must reproduce the scalar conversion bit for bit.
 TEST(Kernels, ToF32MatchesScalarTwinExactly) {
   for (const KernelSet* k : available_kernel_sets()) {

@@ -33,6 +33,15 @@ const KernelSet& best_kernels();
 // Every kernel set this CPU can run (scalar first); for tests comparing them.
 std::vector<const KernelSet*> available_kernel_sets();
 
+// y[i * y_stride + r] = dot(w[r, :], x[i * x_stride + :]) for BF16 weights and BF16 activations
+// (raw bit patterns), nx <= kGemvMaxInputs: products exact, summed in fp32 in pairs
+// (denormal operands count as zero). For activations already rounded to BF16 (reduced-precision
+// products), where it equals gemv on the rounded activations up to the order of the sums.
+using GemvBF16Dot = void (*)(const uint8_t* w, int64_t rows, int64_t cols, const uint16_t* x,
+                             int nx, int64_t x_stride, float* y, int64_t y_stride);
+// The AVX512-BF16 kernel (kernels_bf16dot.cc), or null where the CPU lacks the instruction.
+GemvBF16Dot gemv_bf16_dot_kernel();
+
 // Variant tables, defined in kernels_avx2.cc / kernels_avx512.cc; call only if supported.
 const KernelSet& avx2_kernels();
 const KernelSet& avx512_kernels();

@@ -71,6 +71,15 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
     x_rounded.assign(x_in, x_in + n * cols);
     round_to_bf16(x_rounded.data(), n * cols);
   }
+  // BF16 weights take the rounded x as BF16 bit patterns, through the CPU's BF16 dot products.
+  const GemvBF16Dot bf16_dot = gemv_bf16_dot_kernel();
+  std::vector<uint16_t> x_bf16;
+  if (bf16_dot != nullptr && std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) {
+        return bf16_operands(j.w) && !j.w.quant && j.w.dtype == tensor::DType::kBF16;
+      })) {
+    x_bf16.resize(x_rounded.size());
+    for (size_t i = 0; i < x_rounded.size(); ++i) x_bf16[i] = core::f32_to_bf16(x_rounded[i]);
+  }
   // Integer products: x quantised once per activation block size its jobs need.
   QuantizedActivations x_q32, x_q256;
   for (const MatmulJob& j : jobs) {
@@ -118,9 +127,16 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
       return;
     }
     const uint8_t* wb = w.data + static_cast<size_t>(ch.r0) * w.row_bytes();
+    const bool dot = bf16 && !x_bf16.empty() && w.dtype == tensor::DType::kBF16;
     for (int64_t i = 0; i < n; i += kGemvMaxInputs) {
       int nx = static_cast<int>(std::min<int64_t>(kGemvMaxInputs, n - i));
-      k.gemv(w.dtype, wb, ch.rows, cols, x + i * cols, nx, cols, y + i * w.rows + ch.r0, w.rows);
+      if (dot) {
+        bf16_dot(wb, ch.rows, cols, x_bf16.data() + i * cols, nx, cols, y + i * w.rows + ch.r0,
+                 w.rows);
+      } else {
+        k.gemv(w.dtype, wb, ch.rows, cols, x + i * cols, nx, cols, y + i * w.rows + ch.r0,
+               w.rows);
+      }
     }
   };
   if (parallel) {
