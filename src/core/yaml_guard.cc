@@ -45,11 +45,18 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       ++line;
       start = true;
       plain = false;
-      quote = 0;  // a quoted scalar spanning lines is rare in recipes; being lenient is safe here
-      continue;
+      continue;  // a quoted scalar may go on over lines
     }
-    if (quote != 0) {
-      if (c == quote) quote = 0;
+    if (quote != 0) {  // up to the closing quote: '' inside single quotes, \" inside double
+      if (quote == '"' && c == '\\' && i + 1 < text.size() &&
+          static_cast<unsigned char>(text[i + 1]) >= 0x20 && text[i + 1] != 0x7f) {
+        ++i;
+      } else if (c == '\'' && quote == '\'' && i + 1 < text.size() && text[i + 1] == '\'') {
+        ++i;
+      } else if (c == quote) {
+        quote = 0;
+        start = false;
+      }
       continue;
     }
     const bool line_start = start;
