@@ -46,6 +46,7 @@ TEST(YamlGuard, RefusesTheTextsThatHangTheReader) {
       {"\"\n\",\n", "r.yaml:2:"},                // after a quoted scalar over two lines
       {"'it''s\n', x\n", "r.yaml:2:"},           //
       {"\"a\\\"b\", c\n", "r.yaml:1:"},          // an escaped quote does not end it
+      {"x\n>\n  , y\n", "r.yaml:3:"},  // '>' in a plain scalar's text begins no block scalar
   };
   for (const auto& [text, where] : cases) {
     SCOPED_TRACE(text);
@@ -80,6 +81,7 @@ TEST(YamlGuard, PassesCommasThatValuesHold) {
            "a: {x: 1, y: [2, 3]}\n",                  //
            "a: |\n  'x', y\n  , z\n\n  {, w\nb: 1\n",  // a block scalar's lines are text
            "chat_template: >-\n  {%- for m in messages %}, {{ m }}\n",
+           "- |\n  , x\n- !!str >\n  , y\n--- |\n  , z\n",  // block scalars where nodes begin
            "---\na: 1\n...\n---\nb: x, y\n",  // documents
            "\xEF\xBB\xBF" "a: x, y\n",          // a byte order mark
        }) {
@@ -98,7 +100,7 @@ TEST(YamlGuard, FuzzFindingsAreRefused) {
     EXPECT_THROW(recipe::parse_recipe_documents(text, entry.path().filename().string()), Error);
     ++count;
   }
-  EXPECT_GE(count, 4);
+  EXPECT_GE(count, 5);
 }
 
 // The guard refuses no YAML file the project ships (recipes, configs, CI files).

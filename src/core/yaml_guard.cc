@@ -26,6 +26,9 @@ void check_yaml_text(const std::string& text, const std::string& where) {
   int depth = 0;        // [ and { open outside quotes and comments
   bool plain = false;   // inside a plain scalar at depth 0 (it may contain ',')
   bool start = true;    // at the start of a line: "---" there is the document marker
+  // Whether a node may begin here (the document's start, after "---", "- ", "? " or ": "): only
+  // there do '|' and '>' begin a block scalar; elsewhere they are text.
+  bool node_start = true;
   char quote = 0;
   size_t line = 1;
   const auto next_is_blank = [&](size_t i) { return i + 1 >= text.size() || blank(text[i + 1]); };
@@ -73,13 +76,15 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       continue;
     }
     if (plain) {  // a plain scalar runs until ": " (a mapping key ends) or the line ends
-      if (c == ':' && next_is_blank(i)) plain = false;
+      if (c == ':' && next_is_blank(i)) plain = false, node_start = true;  // a key's value
       continue;
     }
     if (c == ',') {
       fail("{}:{}: ',' outside [ ] or {{ }} where no value can contain it (malformed YAML)", where,
            line);
     }
+    const bool node_here = node_start;
+    node_start = false;
     if (c == '"' || c == '\'') {
       quote = c;
     } else if (c == '[' || c == '{') {
@@ -87,10 +92,12 @@ void check_yaml_text(const std::string& text, const std::string& where) {
     } else if (c == '!' || c == '&' || c == '*') {
       // A tag, anchor or alias: up to a blank or a flow indicator (none of them may contain one).
       while (i + 1 < text.size() && !blank(text[i + 1]) && !flow_indicator(text[i + 1])) ++i;
+      node_start = node_here;  // the node it belongs to is still to come
     } else if (line_start && (text.compare(i, 3, "---") == 0 || text.compare(i, 3, "...") == 0) &&
                next_is_blank(i + 2)) {
       i += 2;  // a document marker
-    } else if (c == '|' || c == '>') {
+      node_start = true;
+    } else if ((c == '|' || c == '>') && node_here) {
       // A block scalar ("chat_template: |"): its lines, indented deeper than this one, are text.
       const size_t indent = line_indent(text, i);
       while (i < text.size() && text[i] != '\n') ++i;
@@ -105,7 +112,7 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       }
       --i;  // the loop's next step sees the '\n' (or the end)
     } else if ((c == '-' || c == '?' || c == ':') && next_is_blank(i)) {
-      // an indicator: sequence entry, mapping key or value
+      node_start = true;  // an indicator: sequence entry, mapping key or value
     } else if (c != ']' && c != '}') {  // (an unmatched close is yaml-cpp's own clear error)
       plain = true;
     }
