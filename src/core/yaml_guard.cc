@@ -29,6 +29,9 @@ void check_yaml_text(const std::string& text, const std::string& where) {
   // Whether a node may begin here (the document's start, after "---", "- ", "? " or ": "): only
   // there do '|' and '>' begin a block scalar; elsewhere they are text.
   bool node_start = true;
+  // A quoted scalar or a flow collection ended on this line at the top level: only a ':' (it was
+  // a key) or a comment may follow it there.
+  bool closed = false;
   char quote = 0;
   size_t line = 1;
   const auto next_is_blank = [&](size_t i) { return i + 1 >= text.size() || blank(text[i + 1]); };
@@ -48,6 +51,7 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       ++line;
       start = true;
       plain = false;
+      closed = false;
       continue;  // a quoted scalar may go on over lines
     }
     if (quote != 0) {  // up to the closing quote: '' inside single quotes, \" inside double
@@ -59,6 +63,7 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       } else if (c == quote) {
         quote = 0;
         start = false;
+        closed = depth == 0;
       }
       continue;
     }
@@ -72,7 +77,7 @@ void check_yaml_text(const std::string& text, const std::string& where) {
     if (depth > 0) {  // flow context: ',' separates entries
       if (c == '"' || c == '\'') quote = c;
       if (c == '[' || c == '{') ++depth;
-      if (c == ']' || c == '}') --depth;
+      if (c == ']' || c == '}') closed = --depth == 0;
       continue;
     }
     if (plain) {  // a plain scalar runs until ": " (a mapping key ends) or the line ends
@@ -83,6 +88,11 @@ void check_yaml_text(const std::string& text, const std::string& where) {
       fail("{}:{}: ',' outside [ ] or {{ }} where no value can contain it (malformed YAML)", where,
            line);
     }
+    if (closed && c != ':') {
+      fail("{}:{}: text after a quoted or bracketed value on the same line (malformed YAML)",
+           where, line);
+    }
+    closed = false;
     const bool node_here = node_start;
     node_start = false;
     if (c == '"' || c == '\'') {
