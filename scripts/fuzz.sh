@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets (fuzz/*_fuzz.cc) with clang, ASan and UBSan in ./build-fuzz and runs
 # each for SECONDS seconds (default 60) on a seed corpus made from the zoo and the test data.
 # Crashing inputs are written to build-fuzz/crashes/<target>/; each one found goes to
-# tests/data/fuzz/<target>/ (tests/yaml_guard_test.cc runs the recipe ones) or a bad-input case.
+# tests/data/fuzz/<target>/ (tests/yaml_test.cc runs the recipe ones) or a bad-input case.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages amalgam builds with. Idempotent.
 set -euo pipefail
-pkgs=(build-essential cmake g++ nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libfmt-dev
+pkgs=(build-essential cmake g++ nlohmann-json3-dev libyaml-dev libcli11-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libdnnl-dev libeigen3-dev libssl-dev
       libicu-dev libopenmpi-dev zlib1g-dev
       # the sanitizer stage of scripts/test.sh and the fuzz targets: clang, its OpenMP and

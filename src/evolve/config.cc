@@ -1,9 +1,10 @@
 #include "evolve/config.h"
 
-#include <yaml-cpp/yaml.h>
+#include <algorithm>
+#include <set>
 
 #include "core/fs.h"
-#include "core/yaml_guard.h"
+#include "core/yaml.h"
 #include "merge/method.h"
 #include "recipe/diagnostics.h"
 
@@ -36,29 +37,30 @@ class Reader {
  public:
   explicit Reader(std::string where) : where_(std::move(where)) {}
 
-  Location at(const YAML::Node& n) const {
-    const YAML::Mark m = n.Mark();
-    return {m.line + 1, m.column + 1};
+  Location at(const yaml::Node& n) const {
+    return {n.line(), n.column()};
   }
 
-  void keys(const YAML::Node& map, const std::vector<std::string>& known,
+  void keys(const yaml::Node& map, const std::vector<std::string>& known,
             const std::string& what) const {
-    if (!map.IsMap()) fail_at(where_, at(map), "{} must be a mapping of keys to values", what);
-    for (const auto& kv : map) {
-      const std::string key = kv.first.as<std::string>();
+    if (!map.is_map()) fail_at(where_, at(map), "{} must be a mapping of keys to values", what);
+    std::set<std::string> seen;
+    for (const auto& [k, v] : map.pairs()) {
+      const std::string& key = k.scalar();
       if (std::find(known.begin(), known.end(), key) == known.end()) {
-        fail_at(where_, at(kv.first), "unknown key '{}' in {}{} (known: {})", key, what,
+        fail_at(where_, at(k), "unknown key '{}' in {}{} (known: {})", key, what,
                 did_you_mean(key, known), recipe::join(known));
       }
+      if (!seen.insert(key).second) fail_at(where_, at(k), "key '{}' is given twice", key);
     }
   }
 
-  std::string text(const YAML::Node& n, const std::string& key) const {
-    if (!n.IsScalar()) fail_at(where_, at(n), "'{}' must be a single value", key);
-    return n.Scalar();
+  std::string text(const yaml::Node& n, const std::string& key) const {
+    if (!n.is_scalar()) fail_at(where_, at(n), "'{}' must be a single value", key);
+    return n.scalar();
   }
 
-  double number(const YAML::Node& n, const std::string& key) const {
+  double number(const yaml::Node& n, const std::string& key) const {
     const std::string s = text(n, key);
     char* end = nullptr;
     const double v = std::strtod(s.c_str(), &end);
@@ -68,7 +70,7 @@ class Reader {
     return v;
   }
 
-  int64_t count(const YAML::Node& n, const std::string& key, int64_t min) const {
+  int64_t count(const yaml::Node& n, const std::string& key, int64_t min) const {
     const double v = number(n, key);
     if (v != std::floor(v) || v < static_cast<double>(min)) {
       fail_at(where_, at(n), "'{}' must be a whole number >= {}, got {}", key, min, v);
@@ -76,19 +78,19 @@ class Reader {
     return static_cast<int64_t>(v);
   }
 
-  bool flag(const YAML::Node& n, const std::string& key) const {
+  bool flag(const yaml::Node& n, const std::string& key) const {
     const std::string s = text(n, key);
     if (s == "true" || s == "True" || s == "yes" || s == "1" || s == "1.0") return true;
     if (s == "false" || s == "False" || s == "no" || s == "0" || s == "0.0") return false;
     fail_at(where_, at(n), "'{}' must be true or false, got '{}'", key, s);
   }
 
-  fs::path path(const YAML::Node& n, const std::string& key, const fs::path& dir) const {
+  fs::path path(const yaml::Node& n, const std::string& key, const fs::path& dir) const {
     fs::path p = text(n, key);
     return p.is_relative() ? (dir / p).lexically_normal() : p;
   }
 
-  TaskSpec task(const YAML::Node& n, const std::string& what, const fs::path& dir) const {
+  TaskSpec task(const yaml::Node& n, const std::string& what, const fs::path& dir) const {
     keys(n, {"file", "offset", "limit", "weight", "metric"}, what);
     if (!n["file"]) fail_at(where_, at(n), "{} needs a 'file' (a task JSON file)", what);
     TaskSpec t;
@@ -110,9 +112,9 @@ class Reader {
     return t;
   }
 
-  std::vector<TaskSpec> tasks(const YAML::Node& n, const std::string& key,
+  std::vector<TaskSpec> tasks(const yaml::Node& n, const std::string& key,
                               const fs::path& dir) const {
-    if (!n.IsSequence() || n.size() == 0) {
+    if (!n.is_sequence() || n.size() == 0) {
       fail_at(where_, at(n), "'{}' must be a non-empty list of {{file: ..., limit: ...}}", key);
     }
     std::vector<TaskSpec> out;
@@ -138,25 +140,19 @@ const std::vector<std::string> kKeys = {"base_model",   "models",     "search", 
 EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) {
   const std::string where = source.filename().string();
   const Reader r(where);
-  YAML::Node root;
-  try {
-    core::check_yaml_text(yaml_text, where);
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    fail_at(where, {e.mark.line + 1, e.mark.column + 1}, "invalid YAML: {}", e.msg);
-  }
+  const yaml::Node root = yaml::load(yaml_text, where);
   r.keys(root, kKeys, "the evolve config");
   const fs::path dir = source.has_parent_path() ? source.parent_path() : fs::path(".");
   EvolveConfig c;
   c.source = source;
   c.text = yaml_text;
   if (root["base_model"]) c.base_model = r.path(root["base_model"], "base_model", dir);
-  const YAML::Node models = root["models"];
-  if (!models || !models.IsSequence() || models.size() == 0) {
+  const yaml::Node models = root["models"];
+  if (!models || !models.is_sequence() || models.size() == 0) {
     fail_at(where, models ? r.at(models) : Location{},
             "'models' must list the models to merge (paths of checkpoints)");
   }
-  for (const auto& m : models) c.models.push_back(r.path(m, "models", dir));
+  for (const auto& m : models.items()) c.models.push_back(r.path(m, "models", dir));
   if (root["search"]) {
     const std::string s = r.text(root["search"], "search");
     if (s == "ps") {
@@ -179,15 +175,18 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
   }
   if (root["layer_groups"]) c.layer_groups = r.count(root["layer_groups"], "layer_groups", 1);
   if (root["filters"]) {
-    for (const auto& f : root["filters"]) c.filters.push_back(r.text(f, "filters"));
+    if (!root["filters"].is_sequence()) {
+      fail_at(where, r.at(root["filters"]), "'filters' must be a list of tensor name filters");
+    }
+    for (const auto& f : root["filters"].items()) c.filters.push_back(r.text(f, "filters"));
   }
   const merge::MergeMethod& method = merge::method_or_fail(c.method);
   if (root["parameters"]) {
     std::vector<std::string> known;
     for (const auto& p : method.info().params) known.push_back(p.name);
     r.keys(root["parameters"], known, fmt::format("parameters (of {})", c.method));
-    for (const auto& kv : root["parameters"]) {
-      const std::string key = kv.first.as<std::string>();
+    for (const auto& kv : root["parameters"].pairs()) {
+      const std::string key = kv.first.scalar();
       const merge::ParamSpec* spec = method.param(key);
       const double v = spec->kind == merge::ParamKind::kBool ? (r.flag(kv.second, key) ? 1.0 : 0.0)
                                                              : r.number(kv.second, key);
@@ -198,11 +197,11 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
     }
   }
   if (root["ranges"]) {
-    const YAML::Node ranges = root["ranges"];
+    const yaml::Node ranges = root["ranges"];
     r.keys(ranges, {"weight", "density", "t", "scale"}, "ranges");
-    for (const auto& kv : ranges) {
-      const std::string key = kv.first.as<std::string>();
-      if (!kv.second.IsSequence() || kv.second.size() != 2) {
+    for (const auto& kv : ranges.pairs()) {
+      const std::string key = kv.first.scalar();
+      if (!kv.second.is_sequence() || kv.second.size() != 2) {
         fail_at(where, r.at(kv.second), "ranges.{} must be [low, high]", key);
       }
       const double lo = r.number(kv.second[0], key), hi = r.number(kv.second[1], key);
@@ -219,7 +218,10 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
   c.tasks = r.tasks(root["tasks"], "tasks", dir);
   if (root["validation"]) c.validation = r.tasks(root["validation"], "validation", dir);
   if (root["baselines"]) {
-    for (const auto& b : root["baselines"]) c.baselines.push_back(r.path(b, "baselines", dir));
+    if (!root["baselines"].is_sequence()) {
+      fail_at(where, r.at(root["baselines"]), "'baselines' must be a list of checkpoints");
+    }
+    for (const auto& b : root["baselines"].items()) c.baselines.push_back(r.path(b, "baselines", dir));
   }
   if (root["budget"]) {
     r.keys(root["budget"], {"evaluations", "minutes"}, "budget");
@@ -228,7 +230,7 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
     }
     if (root["budget"]["minutes"]) c.max_minutes = r.number(root["budget"]["minutes"], "minutes");
   }
-  if (root["population"] && !root["population"].IsNull()) {
+  if (root["population"] && !root["population"].is_null()) {
     c.population = r.count(root["population"], "population", 2);
   }
   if (root["sigma0"]) c.sigma0 = r.number(root["sigma0"], "sigma0");

@@ -1,7 +1,5 @@
 #include "moe/config.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -9,7 +7,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
-#include "core/yaml_guard.h"
+#include "core/yaml.h"
 #include "recipe/diagnostics.h"
 #include "recipe/yaml_reader.h"
 
@@ -20,9 +18,9 @@ namespace {
 using recipe::fail_at;
 using recipe::YamlReader;
 
-double number(const YamlReader& r, const YAML::Node& node, const std::string& path) {
-  if (node.IsScalar()) {
-    const std::string& s = node.Scalar();
+double number(const YamlReader& r, const yaml::Node& node, const std::string& path) {
+  if (node.is_scalar()) {
+    const std::string& s = node.scalar();
     char* end = nullptr;
     const double v = std::strtod(s.c_str(), &end);
     if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(v)) return v;
@@ -30,10 +28,10 @@ double number(const YamlReader& r, const YAML::Node& node, const std::string& pa
   fail_at(r.where(), YamlReader::location(node), "{} must be a number", path);
 }
 
-std::vector<std::string> strings(const YamlReader& r, const YAML::Node& node,
+std::vector<std::string> strings(const YamlReader& r, const yaml::Node& node,
                                  const std::string& path) {
   std::vector<std::string> out;
-  if (node.IsNull()) return out;
+  if (node.is_null()) return out;
   const auto items = r.sequence(node, path, "a list of prompts");
   for (size_t i = 0; i < items.size(); ++i) {
     out.push_back(r.string(items[i], fmt::format("{}[{}]", path, i)));
@@ -41,7 +39,7 @@ std::vector<std::string> strings(const YamlReader& r, const YAML::Node& node,
   return out;
 }
 
-ExpertConfig parse_expert(const YamlReader& r, const YAML::Node& node, const std::string& path) {
+ExpertConfig parse_expert(const YamlReader& r, const yaml::Node& node, const std::string& path) {
   ExpertConfig e;
   const auto entries = r.entries(node, path);
   r.check_keys(entries,
@@ -73,7 +71,7 @@ ExpertConfig parse_expert(const YamlReader& r, const YAML::Node& node, const std
   return e;
 }
 
-GateMode parse_gate_mode(const YamlReader& r, const YAML::Node& node) {
+GateMode parse_gate_mode(const YamlReader& r, const yaml::Node& node) {
   const std::string s = r.string(node, "gate_mode");
   if (s == "hidden") return GateMode::kHidden;
   if (s == "cheap_embed") return GateMode::kCheapEmbed;
@@ -107,13 +105,7 @@ std::string_view gate_mode_name(GateMode mode) {
 }
 
 MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
-  YAML::Node root;
-  try {
-    core::check_yaml_text(text, where);
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    fail("{}:{}:{}: not valid YAML: {}", where, e.mark.line + 1, e.mark.column + 1, e.msg);
-  }
+  const yaml::Node root = yaml::load(text, where);
   YamlReader r(where);
   MoeConfig c;
   c.where = where;
@@ -128,15 +120,15 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
       c.base_model = r.string(value, key);
       has_base = true;
     } else if (key == "architecture") {
-      c.architecture = value.IsNull() ? "" : r.string(value, key);
+      c.architecture = value.is_null() ? "" : r.string(value, key);
     } else if (key == "gate_mode") {
       c.gate_mode = parse_gate_mode(r, value);
     } else if (key == "dtype") {
-      c.dtype = value.IsNull() ? "" : r.string(value, key);
+      c.dtype = value.is_null() ? "" : r.string(value, key);
     } else if (key == "experts_per_token") {
       c.experts_per_token = r.integer(value, key);
     } else if (key == "experts" || key == "shared_experts") {
-      if (value.IsNull()) continue;
+      if (value.is_null()) continue;
       const auto items = r.sequence(value, key, "a list of experts");
       auto& list = key == "experts" ? c.experts : c.shared_experts;
       for (size_t i = 0; i < items.size(); ++i) {
@@ -156,8 +148,8 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
             fail_at(where, a, "{} must be in [0, 1)", p);
           }
         } else if (k == "bos") {
-          auto index = [&](const YAML::Node& n, const std::string& path) {
-            const int64_t e = n.IsScalar() && n.Scalar() != "auto" && n.Scalar() != "none"
+          auto index = [&](const yaml::Node& n, const std::string& path) {
+            const int64_t e = n.is_scalar() && n.scalar() != "auto" && n.scalar() != "none"
                                   ? r.integer(n, path)
                                   : -1;
             if (e < 0 || e > 9999) {
@@ -168,13 +160,13 @@ MoeConfig parse_moe_config(const std::string& text, const std::string& where) {
             }
             return static_cast<int32_t>(e);
           };
-          if (v.IsSequence()) {
+          if (v.is_sequence()) {
             const auto items = r.sequence(v, p, "a list of expert indices");
             for (size_t i = 0; i < items.size(); ++i) {
               c.calibration.bos_experts.push_back(index(items[i], fmt::format("{}[{}]", p, i)));
             }
-          } else if (v.IsScalar() && (v.Scalar() == "auto" || v.Scalar() == "none")) {
-            c.calibration.bos_auto = v.Scalar() == "auto";
+          } else if (v.is_scalar() && (v.scalar() == "auto" || v.scalar() == "none")) {
+            c.calibration.bos_auto = v.scalar() == "auto";
           } else {
             c.calibration.bos_experts.push_back(index(v, p));
           }

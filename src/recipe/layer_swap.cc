@@ -1,12 +1,10 @@
 #include "recipe/layer_swap.h"
 
 #include <fmt/format.h>
-#include <yaml-cpp/yaml.h>
 
 #include <vector>
 
 #include "core/error.h"
-#include "core/yaml_guard.h"
 #include "io/hf_config.h"
 #include "recipe/diagnostics.h"
 #include "recipe/yaml_reader.h"
@@ -16,14 +14,6 @@ namespace amalgam::recipe {
 namespace fs = std::filesystem;
 
 namespace {
-
-YAML::Node load(const std::string& text, const std::string& where) {
-  try {
-    return YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    fail("{}:{}:{}: not valid YAML: {}", where, e.mark.line + 1, e.mark.column + 1, e.msg);
-  }
-}
 
 // Tensors outside the layers always come from the base: its weight is 1 on them, the donor's 0.
 std::string weight_setting(double layer_weight, bool donor) {
@@ -44,22 +34,16 @@ struct Zone {
 
 bool is_layer_swap(const std::string& yaml_text) {
   try {
-    // Text that would hang the YAML reader: not this form (the recipe parser reports it).
-    try {
-      core::check_yaml_text(yaml_text, "recipe");
-    } catch (const Error&) {
-      return false;
-    }
-    const YAML::Node root = YAML::Load(yaml_text);
-    return root.IsMap() && root["layer_swap"];
-  } catch (const YAML::Exception&) {
+    const yaml::Node root = yaml::load(yaml_text, "recipe");
+    return root.is_map() && root["layer_swap"];
+  } catch (const Error&) {  // malformed: not this form (the recipe parser reports it)
     return false;
   }
 }
 
 std::string expand_layer_swap(const std::string& yaml_text, const std::string& where,
                               const fs::path& base_dir) {
-  const YAML::Node root = load(yaml_text, where);
+  const yaml::Node root = yaml::load(yaml_text, where);
   YamlReader r(where);
   const auto top_entries = r.entries(root, "the recipe");
   r.check_keys(top_entries, {"layer_swap", "dtype", "out_dtype", "tokenizer_source"},

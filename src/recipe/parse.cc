@@ -1,6 +1,5 @@
 // YAML recipe text -> Recipe: mergekit's MergeConfiguration schema, checked key by key.
 #include "core/log.h"
-#include "core/yaml_guard.h"
 #include "recipe/schema.h"
 #include "recipe/yaml_reader.h"
 
@@ -12,7 +11,7 @@ const std::vector<std::string> kTopLevelKeys = {
     "merge_method", "models",           "slices",    "base_model",    "parameters", "dtype",
     "out_dtype",    "tokenizer_source", "tokenizer", "chat_template", "modules",    "name"};
 
-tensor::DType parse_dtype(const YamlReader& r, const YAML::Node& node, const std::string& key) {
+tensor::DType parse_dtype(const YamlReader& r, const yaml::Node& node, const std::string& key) {
   const std::string text = r.string(node, key);
   auto dtype = tensor::parse_torch_dtype(text);
   if (!dtype || !tensor::is_float_dtype(*dtype)) {
@@ -22,10 +21,10 @@ tensor::DType parse_dtype(const YamlReader& r, const YAML::Node& node, const std
   return *dtype;
 }
 
-ModelDef parse_model_def(const YamlReader& r, const YAML::Node& node, const std::string& path) {
+ModelDef parse_model_def(const YamlReader& r, const yaml::Node& node, const std::string& path) {
   ModelDef def;
   def.at = YamlReader::location(node);
-  if (node.IsScalar()) {  // shorthand: a bare path
+  if (node.is_scalar()) {  // shorthand: a bare path
     def.model = r.model_ref(node, path);
     return def;
   }
@@ -44,7 +43,7 @@ ModelDef parse_model_def(const YamlReader& r, const YAML::Node& node, const std:
   return def;
 }
 
-SourceDef parse_source(const YamlReader& r, const YAML::Node& node, const std::string& path) {
+SourceDef parse_source(const YamlReader& r, const yaml::Node& node, const std::string& path) {
   SourceDef src;
   src.at = YamlReader::location(node);
   auto items = r.entries(node, path);
@@ -76,7 +75,7 @@ SourceDef parse_source(const YamlReader& r, const YAML::Node& node, const std::s
   return src;
 }
 
-SliceDef parse_slice(const YamlReader& r, const YAML::Node& node, const std::string& path) {
+SliceDef parse_slice(const YamlReader& r, const yaml::Node& node, const std::string& path) {
   SliceDef slice;
   slice.at = YamlReader::location(node);
   auto items = r.entries(node, path);
@@ -91,10 +90,10 @@ SliceDef parse_slice(const YamlReader& r, const YAML::Node& node, const std::str
       }
       has_sources = !slice.sources.empty();
     } else if (e.key == "base_model") {
-      if (!e.value.IsNull()) slice.base_model = r.model_ref(e.value, path + ".base_model");
+      if (!e.value.is_null()) slice.base_model = r.model_ref(e.value, path + ".base_model");
     } else if (e.key == "parameters") {
       slice.parameters = r.parameters(e.value, path + ".parameters");
-    } else if (!e.value.IsNull()) {
+    } else if (!e.value.is_null()) {
       core::warn("{}{}.residual_weight is ignored (mergekit ignores it too)",
                  prefix(r.where(), e.at), path);
     }
@@ -143,7 +142,7 @@ ParamMap parse_modules(const YamlReader& r, const YamlReader::Entry& modules, Re
   r.check_keys(entries, {"models", "slices", "parameters"}, path);
   ParamMap parameters;
   for (const auto& e : entries) {
-    if (e.value.IsNull()) continue;
+    if (e.value.is_null()) continue;
     if (e.key == "parameters") {
       parameters = r.parameters(e.value, path + ".parameters");
     } else {
@@ -170,20 +169,20 @@ void add_module_parameters(ParamMap module, ParamMap& top) {
 }
 
 // union | base | a model ref; "model:PATH" is the older mergekit spelling of a model ref.
-void parse_tokenizer_choice(const YamlReader& r, const YAML::Node& node, const std::string& path,
+void parse_tokenizer_choice(const YamlReader& r, const yaml::Node& node, const std::string& path,
                             Recipe& recipe) {
   recipe.tokenizer_at = YamlReader::location(node);
-  if (node.IsScalar() && node.Scalar() == "union") {
+  if (node.is_scalar() && node.scalar() == "union") {
     recipe.tokenizer = TokenizerChoice::kUnion;
     return;
   }
-  if (node.IsScalar() && node.Scalar() == "base") {
+  if (node.is_scalar() && node.scalar() == "base") {
     recipe.tokenizer = TokenizerChoice::kBase;
     return;
   }
   recipe.tokenizer = TokenizerChoice::kModel;
   recipe.tokenizer_model = r.model_ref(node, path);
-  if (node.IsScalar() && recipe.tokenizer_model->path.starts_with("model:")) {
+  if (node.is_scalar() && recipe.tokenizer_model->path.starts_with("model:")) {
     recipe.tokenizer_model->path = recipe.tokenizer_model->path.substr(6);
     if (recipe.tokenizer_model->path.empty()) {
       fail_at(r.where(), recipe.tokenizer_at, "{}: empty model path after 'model:'", path);
@@ -191,11 +190,11 @@ void parse_tokenizer_choice(const YamlReader& r, const YAML::Node& node, const s
   }
 }
 
-TokenSourceDef parse_token_source(const YamlReader& r, const YAML::Node& node,
+TokenSourceDef parse_token_source(const YamlReader& r, const yaml::Node& node,
                                   const std::string& path) {
   TokenSourceDef src;
   src.at = YamlReader::location(node);
-  if (!node.IsMap() || !node["kind"]) {
+  if (!node.is_map() || !node["kind"]) {
     src.model = r.model_ref(node, path);
     return src;
   }
@@ -233,13 +232,13 @@ TokenSourceDef parse_token_source(const YamlReader& r, const YAML::Node& node,
 }
 
 // tokenizer: {source: union | base | MODEL, pad_to_multiple_of: N, tokens: {TOKEN: {...}}}
-void parse_tokenizer(const YamlReader& r, const YAML::Node& node, Recipe& recipe) {
+void parse_tokenizer(const YamlReader& r, const yaml::Node& node, Recipe& recipe) {
   recipe.tokenizer = TokenizerChoice::kUnion;  // mergekit's default source
   recipe.tokenizer_at = YamlReader::location(node);
   auto items = r.entries(node, "tokenizer");
   r.check_keys(items, {"source", "pad_to_multiple_of", "tokens"}, "tokenizer");
   for (const auto& e : items) {
-    if (e.value.IsNull()) continue;
+    if (e.value.is_null()) continue;
     if (e.key == "source") {
       parse_tokenizer_choice(r, e.value, "tokenizer.source", recipe);
     } else if (e.key == "pad_to_multiple_of") {
@@ -255,18 +254,18 @@ void parse_tokenizer(const YamlReader& r, const YAML::Node& node, Recipe& recipe
         TokenDef def;
         def.token = t.key;
         def.at = t.at;
-        if (!t.value.IsNull()) {
+        if (!t.value.is_null()) {
           auto fields = r.entries(t.value, p);
           r.check_keys(fields, {"source", "force"}, p);
           for (const auto& f : fields) {
-            if (f.key == "source" && !f.value.IsNull()) {
+            if (f.key == "source" && !f.value.is_null()) {
               def.source = parse_token_source(r, f.value, p + ".source");
             } else if (f.key == "force") {
-              const YAML::Node& v = f.value;
-              if (!v.IsScalar() || (v.Scalar() != "true" && v.Scalar() != "false")) {
+              const yaml::Node& v = f.value;
+              if (!v.is_scalar() || (v.scalar() != "true" && v.scalar() != "false")) {
                 fail_at(r.where(), YamlReader::location(v), "{}.force must be true or false", p);
               }
-              def.force = v.Scalar() == "true";
+              def.force = v.scalar() == "true";
             }
           }
         }
@@ -276,40 +275,40 @@ void parse_tokenizer(const YamlReader& r, const YAML::Node& node, Recipe& recipe
   }
 }
 
-Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe) {
+Recipe parse_document(const YamlReader& r, const yaml::Node& root, Recipe recipe) {
   auto items = r.entries(root, "the recipe");
   r.check_keys(items, kTopLevelKeys, "the recipe");
   bool has_method = false;
   Location top_level_inputs, modules_at;
   ParamMap module_parameters;
   for (const auto& e : items) {
-    const YAML::Node& v = e.value;
+    const yaml::Node& v = e.value;
     if (e.key == "merge_method") {
       recipe.merge_method = r.string(v, "merge_method");
       recipe.merge_method_at = YamlReader::location(v);
       has_method = true;
     } else if (e.key == "models" || e.key == "slices") {
-      if (v.IsNull()) continue;
+      if (v.is_null()) continue;
       parse_inputs(r, e, e.key, recipe);
       top_level_inputs = e.at;
     } else if (e.key == "modules") {
-      if (v.IsNull()) continue;
+      if (v.is_null()) continue;
       module_parameters = parse_modules(r, e, recipe);
       modules_at = e.at;
     } else if (e.key == "name") {
-      if (v.IsNull()) continue;
+      if (v.is_null()) continue;
       recipe.name = r.string(v, "name");
       recipe.name_at = YamlReader::location(v);
     } else if (e.key == "base_model") {
-      if (!v.IsNull()) recipe.base_model = r.model_ref(v, "base_model");
+      if (!v.is_null()) recipe.base_model = r.model_ref(v, "base_model");
     } else if (e.key == "parameters") {
       recipe.parameters = r.parameters(v, "parameters");
     } else if (e.key == "dtype") {
-      if (!v.IsNull()) recipe.dtype = parse_dtype(r, v, "dtype");
+      if (!v.is_null()) recipe.dtype = parse_dtype(r, v, "dtype");
     } else if (e.key == "out_dtype") {
-      if (!v.IsNull()) recipe.out_dtype = parse_dtype(r, v, "out_dtype");
+      if (!v.is_null()) recipe.out_dtype = parse_dtype(r, v, "out_dtype");
     } else if (e.key == "tokenizer_source" || e.key == "tokenizer") {
-      if (v.IsNull()) continue;
+      if (v.is_null()) continue;
       if (recipe.tokenizer != TokenizerChoice::kDonor) {
         fail_at(r.where(), e.at,
                 "give either 'tokenizer_source' or 'tokenizer', not both (tokenizer.source "
@@ -321,7 +320,7 @@ Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe
         parse_tokenizer_choice(r, v, "tokenizer_source", recipe);
       }
     } else if (e.key == "chat_template") {
-      if (v.IsNull()) continue;
+      if (v.is_null()) continue;
       const char* instead =
           "remove it: the donor's tokenizer files, chat template included, are copied as-is";
       fail_at(r.where(), e.at, "'{}' is not supported yet; {}", e.key, instead);
@@ -349,7 +348,7 @@ Recipe parse_document(const YamlReader& r, const YAML::Node& root, Recipe recipe
 }
 
 struct Document {
-  YAML::Node root;
+  yaml::Node root;
   std::string text;
 };
 
@@ -361,18 +360,7 @@ bool is_document_start(std::string_view line) {
 
 // The non-empty documents of the text, each with the lines from its "---" to the next one.
 std::vector<Document> load_documents(const std::string& yaml_text, const std::string& where) {
-  std::vector<YAML::Node> nodes;
-  try {
-    core::check_yaml_text(yaml_text, where);
-    nodes = YAML::LoadAll(yaml_text);
-  } catch (const YAML::Exception& e) {
-    // In double quotes a backslash starts an escape, which Windows paths trip over.
-    const bool escape = e.msg.find("escape") != std::string::npos;
-    fail_at(where, {e.mark.line + 1, e.mark.column + 1}, "malformed YAML: {}{}", e.msg,
-            escape ? " (inside double quotes a backslash starts an escape: write Windows paths "
-                     "with forward slashes or in single quotes)"
-                   : "");
-  }
+  const std::vector<yaml::Node> nodes = yaml::load_all(yaml_text, where);
   std::vector<size_t> starts = {0};  // byte offsets of the lines that start documents
   std::vector<int> start_lines = {0};
   int line = 0;
@@ -387,8 +375,8 @@ std::vector<Document> load_documents(const std::string& yaml_text, const std::st
   }
   std::vector<Document> out;
   for (const auto& node : nodes) {
-    if (node.IsNull()) continue;
-    const int node_line = std::max(0, node.Mark().line);
+    if (node.is_null()) continue;
+    const int node_line = std::max(0, node.line() - 1);
     size_t k = 0;
     while (k + 1 < start_lines.size() && start_lines[k + 1] <= node_line) ++k;
     const size_t end = k + 1 < starts.size() ? starts[k + 1] : yaml_text.size();

@@ -1,6 +1,6 @@
 #include "recipe/stages.h"
 
-#include <yaml-cpp/yaml.h>
+#include "core/yaml.h"
 
 #include <algorithm>
 #include <functional>
@@ -8,7 +8,7 @@
 #include <optional>
 
 #include "core/error.h"
-#include "core/yaml_guard.h"
+#include "core/yaml.h"
 #include "core/fs.h"
 #include "core/log.h"
 #include "core/sha256.h"
@@ -123,15 +123,9 @@ void remove_intermediates(const std::vector<Stage>& stages, const fs::path& dir)
 bool is_multi_stage(const std::string& yaml_text) {
   try {
     size_t documents = 0;
-    // Text that would hang the YAML reader: not this form (the recipe parser reports it).
-    try {
-      core::check_yaml_text(yaml_text, "recipe");
-    } catch (const Error&) {
-      return false;
-    }
-    for (const auto& d : YAML::LoadAll(yaml_text)) documents += d.IsNull() ? 0 : 1;
+    for (const auto& d : yaml::load_all(yaml_text, "recipe")) documents += d.is_null() ? 0 : 1;
     return documents > 1;
-  } catch (const YAML::Exception&) {
+  } catch (const Error&) {  // malformed: not this form (the recipe parser reports it)
     return false;
   }
 }

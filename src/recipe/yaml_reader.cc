@@ -14,7 +14,7 @@ constexpr const char* kSettingForms =
     "slice), a list of true/false (a step function), or a list of {filter: ..., value: ...}";
 
 // Plain (unquoted) scalars are typed by their text as PyYAML does; quoted ones are strings.
-bool is_plain(const YAML::Node& node) { return node.IsScalar() && node.Tag() == "?"; }
+bool is_plain(const yaml::Node& node) { return node.is_scalar() && node.plain(); }
 
 std::optional<double> parse_number(const std::string& text) {
   if (text.empty()) return std::nullopt;
@@ -24,50 +24,48 @@ std::optional<double> parse_number(const std::string& text) {
   return v;
 }
 
-std::optional<double> as_number(const YAML::Node& node) {
-  if (!node.IsScalar()) return std::nullopt;
-  const std::string& tag = node.Tag();
-  if (tag != "?" && tag != "tag:yaml.org,2002:float" && tag != "tag:yaml.org,2002:int") {
+std::optional<double> as_number(const yaml::Node& node) {
+  if (!node.is_scalar()) return std::nullopt;
+  const std::string& tag = node.tag();
+  if (!node.plain() && tag != "tag:yaml.org,2002:float" && tag != "tag:yaml.org,2002:int") {
     return std::nullopt;
   }
-  return parse_number(node.Scalar());
+  return parse_number(node.scalar());
 }
 
-std::optional<bool> as_bool(const YAML::Node& node) {
-  if (!node.IsScalar()) return std::nullopt;
-  if (!is_plain(node) && node.Tag() != "tag:yaml.org,2002:bool") return std::nullopt;
+std::optional<bool> as_bool(const yaml::Node& node) {
+  if (!node.is_scalar()) return std::nullopt;
+  if (!is_plain(node) && node.tag() != "tag:yaml.org,2002:bool") return std::nullopt;
   static const std::set<std::string> kTrue = {"true", "True", "TRUE", "yes", "Yes",
                                               "YES",  "on",   "On",   "ON"};
   static const std::set<std::string> kFalse = {"false", "False", "FALSE", "no", "No",
                                                "NO",    "off",   "Off",   "OFF"};
-  if (kTrue.count(node.Scalar())) return true;
-  if (kFalse.count(node.Scalar())) return false;
+  if (kTrue.count(node.scalar())) return true;
+  if (kFalse.count(node.scalar())) return false;
   return std::nullopt;
 }
 
 }  // namespace
 
-Location YamlReader::location(const YAML::Node& node) {
-  const YAML::Mark mark = node.Mark();
-  if (mark.line < 0) return {};
-  return {mark.line + 1, mark.column + 1};
+Location YamlReader::location(const yaml::Node& node) {
+  return {node.line(), node.column()};
 }
 
-std::vector<YamlReader::Entry> YamlReader::entries(const YAML::Node& map,
+std::vector<YamlReader::Entry> YamlReader::entries(const yaml::Node& map,
                                                    const std::string& path) const {
-  if (!map.IsMap()) {
+  if (!map.is_map()) {
     fail_at(where_, location(map), "{} must be a mapping of keys to values", path);
   }
   std::vector<Entry> out;
   std::set<std::string> seen;
-  for (auto it = map.begin(); it != map.end(); ++it) {
-    const Location at = location(it->first);
-    if (!it->first.IsScalar()) fail_at(where_, at, "{}: keys must be plain names", path);
-    std::string key = it->first.Scalar();
+  for (const auto& [k, v] : map.pairs()) {
+    const Location at = location(k);
+    if (!k.is_scalar()) fail_at(where_, at, "{}: keys must be plain names", path);
+    std::string key = k.scalar();
     if (!seen.insert(key).second) {
       fail_at(where_, at, "{}: key '{}' is given twice; keep one", path, key);
     }
-    out.push_back(Entry{std::move(key), it->second, at});
+    out.push_back(Entry{std::move(key), v, at});
   }
   return out;
 }
@@ -85,12 +83,12 @@ void YamlReader::check_keys(const std::vector<Entry>& entries,
   }
 }
 
-std::string YamlReader::string(const YAML::Node& node, const std::string& path) const {
-  if (!node.IsScalar()) fail_at(where_, location(node), "{} must be a string", path);
-  return node.Scalar();
+std::string YamlReader::string(const yaml::Node& node, const std::string& path) const {
+  if (!node.is_scalar()) fail_at(where_, location(node), "{} must be a string", path);
+  return node.scalar();
 }
 
-int64_t YamlReader::integer(const YAML::Node& node, const std::string& path) const {
+int64_t YamlReader::integer(const yaml::Node& node, const std::string& path) const {
   auto v = as_number(node);
   if (!v || *v != std::floor(*v) || std::fabs(*v) > 1e15) {
     fail_at(where_, location(node), "{} must be an integer", path);
@@ -98,34 +96,32 @@ int64_t YamlReader::integer(const YAML::Node& node, const std::string& path) con
   return static_cast<int64_t>(*v);
 }
 
-std::vector<YAML::Node> YamlReader::sequence(const YAML::Node& node, const std::string& path,
+std::vector<yaml::Node> YamlReader::sequence(const yaml::Node& node, const std::string& path,
                                              const std::string& expected) const {
-  if (!node.IsSequence())
+  if (!node.is_sequence())
     fail_at(where_, location(node), "{} must be a list of {}", path, expected);
-  std::vector<YAML::Node> out;
-  for (const auto& item : node) out.push_back(item);
-  return out;
+  return node.items();
 }
 
-ParamValue YamlReader::value(const YAML::Node& node, const std::string& path) const {
-  if (node.IsScalar()) {
+ParamValue YamlReader::value(const yaml::Node& node, const std::string& path) const {
+  if (node.is_scalar()) {
     if (auto n = as_number(node)) return ParamValue{{*n}};
     if (auto b = as_bool(node)) return ParamValue{{*b ? 1.0 : 0.0}};
-    if (!is_plain(node) && parse_number(node.Scalar())) {
+    if (!is_plain(node) && parse_number(node.scalar())) {
       fail_at(where_, location(node),
               "{}: \"{}\" is a quoted string, but parameter values are numbers: write {} without "
               "quotes",
-              path, node.Scalar(), node.Scalar());
+              path, node.scalar(), node.scalar());
     }
-    fail_at(where_, location(node), "{}: '{}' is not a number; {}", path, node.Scalar(),
+    fail_at(where_, location(node), "{}: '{}' is not a number; {}", path, node.scalar(),
             kSettingForms);
   }
-  if (node.IsSequence()) {
+  if (node.is_sequence()) {
     if (node.size() == 0)
       fail_at(where_, location(node), "{}: empty list; {}", path, kSettingForms);
     ParamValue v;
     size_t numbers = 0, bools = 0;
-    for (const auto& item : node) {
+    for (const auto& item : node.items()) {
       if (auto n = as_number(item)) {
         v.anchors.push_back(*n);
         ++numbers;
@@ -149,14 +145,14 @@ ParamValue YamlReader::value(const YAML::Node& node, const std::string& path) co
   fail_at(where_, location(node), "{}: {}", path, kSettingForms);
 }
 
-ParamCondition YamlReader::condition(const YAML::Node& node, const std::string& path) const {
+ParamCondition YamlReader::condition(const yaml::Node& node, const std::string& path) const {
   auto items = entries(node, path);
   check_keys(items, {"filter", "value"}, path);
   ParamCondition c;
   bool has_value = false;
   for (const auto& e : items) {
     if (e.key == "filter") {
-      if (!e.value.IsNull()) c.filter = string(e.value, path + ".filter");
+      if (!e.value.is_null()) c.filter = string(e.value, path + ".filter");
     } else {
       c.value = value(e.value, path + ".value");
       has_value = true;
@@ -166,19 +162,19 @@ ParamCondition YamlReader::condition(const YAML::Node& node, const std::string& 
   return c;
 }
 
-ParamSetting YamlReader::setting(const YAML::Node& node, const std::string& path) const {
+ParamSetting YamlReader::setting(const yaml::Node& node, const std::string& path) const {
   ParamSetting s;
   s.at = location(node);
-  if (node.IsNull()) return s;  // null: unset at this level, as in mergekit
-  if (node.IsMap()) {
+  if (node.is_null()) return s;  // null: unset at this level, as in mergekit
+  if (node.is_map()) {
     s.conditions.push_back(condition(node, path));
     return s;
   }
-  if (node.IsSequence() && node.size() > 0 && node[0].IsMap()) {
+  if (node.is_sequence() && node.size() > 0 && node[0].is_map()) {
     size_t i = 0;
-    for (const auto& item : node) {
+    for (const auto& item : node.items()) {
       const std::string item_path = fmt::format("{}[{}]", path, i++);
-      if (!item.IsMap()) {
+      if (!item.is_map()) {
         fail_at(where_, location(item),
                 "{}: a list of conditionals must hold only {{filter: ..., value: ...}} items",
                 item_path);
@@ -191,33 +187,33 @@ ParamSetting YamlReader::setting(const YAML::Node& node, const std::string& path
   return s;
 }
 
-ParamMap YamlReader::parameters(const YAML::Node& node, const std::string& path) const {
+ParamMap YamlReader::parameters(const yaml::Node& node, const std::string& path) const {
   ParamMap out;
-  if (node.IsNull()) return out;
+  if (node.is_null()) return out;
   for (const auto& e : entries(node, path)) {
     out.emplace(e.key, setting(e.value, path + "." + e.key));
   }
   return out;
 }
 
-ModelRef YamlReader::model_ref(const YAML::Node& node, const std::string& path) const {
+ModelRef YamlReader::model_ref(const yaml::Node& node, const std::string& path) const {
   ModelRef ref;
   ref.at = location(node);
-  if (node.IsScalar()) {
-    ref.path = node.Scalar();
-  } else if (node.IsMap()) {
+  if (node.is_scalar()) {
+    ref.path = node.scalar();
+  } else if (node.is_map()) {
     // mergekit's dict form: {model: {path, revision} | path, lora, override_architecture}.
     auto items = entries(node, path);
     check_keys(items, {"model", "lora", "override_architecture"}, path);
     for (const auto& e : items) {
       const std::string p = path + "." + e.key;
       if (e.key == "model") {
-        if (e.value.IsMap()) {
+        if (e.value.is_map()) {
           auto inner = entries(e.value, p);
           check_keys(inner, {"path", "revision"}, p);
           for (const auto& i : inner) {
             if (i.key == "path") ref.path = string(i.value, p + ".path");
-            if (i.key == "revision" && !i.value.IsNull()) {
+            if (i.key == "revision" && !i.value.is_null()) {
               fail_at(where_, i.at,
                       "{}.revision: revisions are not supported; amalgam reads local checkpoints "
                       "only: download that revision and give its directory as the path",
@@ -228,24 +224,24 @@ ModelRef YamlReader::model_ref(const YAML::Node& node, const std::string& path) 
           ref.path = string(e.value, p);
         }
       } else if (e.key == "lora") {
-        if (e.value.IsMap()) {  // {path, revision}, as `model:`
+        if (e.value.is_map()) {  // {path, revision}, as `model:`
           auto inner = entries(e.value, p);
           check_keys(inner, {"path", "revision"}, p);
           for (const auto& i : inner) {
             if (i.key == "path") ref.lora = string(i.value, p + ".path");
-            if (i.key == "revision" && !i.value.IsNull()) {
+            if (i.key == "revision" && !i.value.is_null()) {
               fail_at(where_, i.at,
                       "{}.revision: revisions are not supported; amalgam reads local adapters "
                       "only: download that revision and give its directory as the path",
                       p);
             }
           }
-        } else if (!e.value.IsNull()) {
+        } else if (!e.value.is_null()) {
           ref.lora = string(e.value, p);
         }
         if (ref.lora && ref.lora->empty()) fail_at(where_, e.at, "{}: empty adapter path", p);
       } else {
-        if (!e.value.IsNull()) ref.override_architecture = string(e.value, p);
+        if (!e.value.is_null()) ref.override_architecture = string(e.value, p);
       }
     }
   } else {
