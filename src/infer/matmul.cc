@@ -73,10 +73,12 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
   }
   // BF16 weights take the rounded x as BF16 bit patterns, through the CPU's BF16 dot products.
   const GemvBF16Dot bf16_dot = gemv_bf16_dot_kernel();
+  const auto dot_products = [&](const WeightMatrix& w) {
+    return bf16_dot != nullptr && bf16_operands(w) && !w.quant &&
+           w.dtype == tensor::DType::kBF16;
+  };
   std::vector<uint16_t> x_bf16;
-  if (bf16_dot != nullptr && std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) {
-        return bf16_operands(j.w) && !j.w.quant && j.w.dtype == tensor::DType::kBF16;
-      })) {
+  if (std::any_of(jobs.begin(), jobs.end(), [&](const MatmulJob& j) { return dot_products(j.w); })) {
     x_bf16.resize(x_rounded.size());
     for (size_t i = 0; i < x_rounded.size(); ++i) x_bf16[i] = core::f32_to_bf16(x_rounded[i]);
   }
@@ -127,7 +129,7 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
       return;
     }
     const uint8_t* wb = w.data + static_cast<size_t>(ch.r0) * w.row_bytes();
-    const bool dot = bf16 && !x_bf16.empty() && w.dtype == tensor::DType::kBF16;
+    const bool dot = dot_products(w);
     for (int64_t i = 0; i < n; i += kGemvMaxInputs) {
       int nx = static_cast<int>(std::min<int64_t>(kGemvMaxInputs, n - i));
       if (dot) {
