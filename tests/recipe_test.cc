@@ -145,6 +145,41 @@ models:
   EXPECT_EQ(entry(p, layer(1, "self_attn.k_proj.weight")).shape, (tensor::Shape{64, 128}));
 }
 
+// Anchors, aliases and merge keys read as PyYAML (so mergekit) reads them.
+TEST_F(RecipeTest, AnchorsAliasesAndMergeKeysExpandAsInPyYaml) {
+  const merge::Plan shared = plan(R"(merge_method: ties
+base_model: &base $base
+models:
+  - model: $add
+    parameters: &p {weight: 0.7, density: 0.5}
+  - model: $rev
+    parameters:
+      <<: *p
+      weight: 0.3
+  - model: *base
+)");
+  const merge::Plan spelled = plan(R"(merge_method: ties
+base_model: $base
+models:
+  - model: $add
+    parameters: {weight: 0.7, density: 0.5}
+  - model: $rev
+    parameters: {density: 0.5, weight: 0.3}
+  - model: $base
+)");
+  ASSERT_EQ(shared.entries.size(), spelled.entries.size());
+  EXPECT_EQ(shared.models, spelled.models);
+  for (size_t i = 0; i < shared.entries.size(); ++i) {
+    ASSERT_EQ(shared.entries[i].sources.size(), spelled.entries[i].sources.size());
+    for (size_t s = 0; s < shared.entries[i].sources.size(); ++s) {
+      EXPECT_EQ(shared.entries[i].sources[s].params, spelled.entries[i].sources[s].params)
+          << shared.entries[i].name;
+    }
+  }
+  EXPECT_EQ(entry(shared, "lm_head.weight").sources[1].params,
+            (merge::Params{{"weight", 0.3}, {"density", 0.5}}));
+}
+
 TEST_F(RecipeTest, GradientsInterpolateAcrossLayersAndPrePostWeightsUseFirstAnchor) {
   merge::Plan p = plan(R"(merge_method: linear
 models:
