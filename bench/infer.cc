@@ -9,13 +9,10 @@
 // quantised weights, a run with fp32 products, side by side.
 // `--kv-cache f32,bf16` runs each model once per KV-cache type; `--context N` decodes after a
 // prompt of N tokens (prefilled untimed), where attention reads N cache entries per token.
-// Before each run the model's files are dropped from the page cache, so that the engine's mapping
-// reads them into 2 MiB pages (the last column says how much of the model ended up so);
-// `--keep-page-cache` runs on the cache as it is.
 //
 //   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--fp32-products]
 //               [--prefill 512] [--decode 128] [--in-memory] [--kv-cache f32,bf16,f16]
-//               [--context 0] [--keep-page-cache]
+//               [--context 0]
 
 // GCC 12 reports its own intrinsic headers' "undefined register" idiom as uninitialised use.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -23,9 +20,7 @@
 
 #include <fmt/format.h>
 #include <immintrin.h>
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -34,7 +29,6 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -167,61 +161,17 @@ double huge_page_bandwidth(int threads) {
   return bw;
 }
 
-// Drops a model's files from the page cache (clean pages only; advice). Read in again through the
-// engine's mapping, they come back in 2 MiB folios where the kernel and file system allow: a file
-// written moments ago sits in the cache in the small folios of its writes, and decoding streams
-// it up to a third slower (docs/performance.md).
-void evict_from_page_cache(const fs::path& path) {
-  std::vector<fs::path> files;
-  if (fs::is_directory(path)) {
-    for (const auto& e : fs::directory_iterator(path)) {
-      if (e.is_regular_file()) files.push_back(e.path());
-    }
-  } else {
-    files.push_back(path);
-  }
-  for (const auto& f : files) {
-    const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
-  }
-}
-
-uint64_t file_bytes(const fs::path& path) {
-  if (!fs::is_directory(path)) return fs::file_size(path);
-  uint64_t total = 0;
-  for (const auto& e : fs::directory_iterator(path)) {
-    if (e.is_regular_file()) total += e.file_size();
-  }
-  return total;
-}
-
-// Bytes of this process's memory mapped by 2 MiB entries (files and anonymous memory).
-uint64_t huge_mapped_bytes() {
-  std::istringstream in(core::read_text_file("/proc/self/smaps_rollup"));
-  uint64_t total = 0;
-  for (std::string line; std::getline(in, line);) {
-    if (line.starts_with("FilePmdMapped:") || line.starts_with("AnonHugePages:")) {
-      total += std::stoull(line.substr(line.find(':') + 1)) * 1024;
-    }
-  }
-  return total;
-}
-
 struct Result {
   std::string dtype;
   double prefill = 0, decode = 0;
   uint64_t bytes_per_token = 0;
   size_t cache_bytes = 0;  // KV cache after the decode run
-  double huge_share = 0;   // of the model's bytes, mapped by 2 MiB entries while decoding
 };
 
 Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens,
-           int64_t decode_tokens, bool in_memory, bool keep_page_cache, bool reduced_precision,
-           infer::KVType kv_type, int64_t context) {
+           int64_t decode_tokens, bool in_memory, bool reduced_precision, infer::KVType kv_type,
+           int64_t context) {
   infer::set_reduced_precision_products(reduced_precision);
-  if (!keep_page_cache) evict_from_page_cache(dir);
   infer::set_default_kv_type(kv_type);
   infer::LoadOptions lo;
   lo.in_memory = in_memory;
@@ -274,8 +224,6 @@ Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens
     const double tps = static_cast<double>(decode_tokens) / (now() - t0);
     r.decode = std::max(r.decode, tps);
     r.cache_bytes = cache.bytes();
-    r.huge_share = std::min(1.0, static_cast<double>(huge_mapped_bytes()) /
-                                     static_cast<double>(file_bytes(dir)));
     fmt::print(stderr, "  {} decode run {}: {:.2f} tok/s (", label, rep, tps);
     for (const auto& [stage, sec] : stages.seconds) fmt::print(stderr, " {} {:.2f}s", stage, sec);
     fmt::print(stderr, ")\n");
@@ -311,10 +259,6 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   int64_t context = 0;
   app.add_option("--context", context, "Prompt tokens in the cache before decoding");
-  bool keep_page_cache = false;
-  app.add_flag("--keep-page-cache", keep_page_cache,
-               "Use the model files as the page cache holds them (by default they are dropped "
-               "from it before each run and read in afresh)");
   CLI11_PARSE(app, argc, argv);
   infer::set_num_threads(threads);
   struct Run {
@@ -356,8 +300,7 @@ int main(int argc, char** argv) {
   std::vector<Result> results;
   for (const Run& r : runs) {
     results.push_back(
-        run(r.path, r.label, prefill, decode, in_memory, keep_page_cache, r.reduced_precision,
-            r.kv_type, context));
+        run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision, r.kv_type, context));
   }
   const double after = huge_page_bandwidth(threads);
   double load_after[3] = {0, 0, 0};
@@ -372,14 +315,13 @@ int main(int argc, char** argv) {
   const std::string after_context = context > 0 ? fmt::format(" after {}", context) : "";
   fmt::print(
       "| dtype | prefill {} tok/s | decode {}{} tok/s | weights/token | bandwidth bound tok/s | "
-      "KV cache | in 2 MiB pages |\n",
+      "KV cache |\n",
       prefill, decode, after_context);
-  fmt::print("|---|---|---|---|---|---|---|\n");
+  fmt::print("|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
-    fmt::print("| {} | {:.1f} | {:.2f} | {:.2f} GB | {:.2f} | {:.1f} MB | {:.0f}% |\n", r.dtype,
-               r.prefill, r.decode, r.bytes_per_token / 1e9,
-               bandwidth * 1e9 / static_cast<double>(r.bytes_per_token), r.cache_bytes / 1e6,
-               100 * r.huge_share);
+    fmt::print("| {} | {:.1f} | {:.2f} | {:.2f} GB | {:.2f} | {:.1f} MB |\n", r.dtype, r.prefill,
+               r.decode, r.bytes_per_token / 1e9,
+               bandwidth * 1e9 / static_cast<double>(r.bytes_per_token), r.cache_bytes / 1e6);
   }
   return 0;
 }

@@ -63,11 +63,6 @@ for t in $types; do
   fi
 done
 
-# Both programs read the files from the same page cache state: dropped from it here and read in
-# afresh (bench_infer drops each again before its runs), so that the kernel caches them in 2 MiB
-# folios where it can, not in the small folios left by the writes of an older export.
-for t in $types; do dd if="$cache/$t.gguf" iflag=nocache count=0 status=none; done
-
 declare -A lp ld ap ad bp bd  # best tok/s: llama.cpp / amalgam / amalgam with fp32 products
 max() { awk -v a="${1:-0}" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)

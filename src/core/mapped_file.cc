@@ -31,10 +31,6 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       fail("{}: cannot map: {}", path, std::strerror(e));
     }
     data_ = static_cast<const uint8_t*>(p);
-    // Pages read in through this mapping come in 2 MiB folios mapped by one TLB entry each where
-    // the kernel and file system allow (advice only): decoding streams the weights up to a
-    // third faster than through 4 KiB pages (docs/performance.md).
-    ::madvise(p, size_, MADV_HUGEPAGE);
     signal_slot_ = register_mapping(data_, size_, path_);
   }
   fd_ = fd;

@@ -86,6 +86,17 @@ class Buffer {
   std::vector<uint8_t> bytes;
 };
 
+void write_all(int fd, const uint8_t* p, size_t n, uint64_t offset, const fs::path& path) {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("{}: write failed: {}", path.string(), std::strerror(errno));
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+}
+
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 }  // namespace
@@ -173,21 +184,11 @@ void GgufWriter::begin() {
   data_start_ = align_up(b.bytes.size(), kDefaultAlignment);
   b.bytes.resize(data_start_, 0);
   file_bytes_ = data_start_ + offset;
-  // Sizing the file first fails early on a full disk.
+  // Sizing the file first gives zero padding between tensors and fails early on a full disk.
   if (::ftruncate(fd_, static_cast<off_t>(file_bytes_)) != 0) {
     fail("{}: cannot size to {} bytes: {}", staged_.string(), file_bytes_, std::strerror(errno));
   }
-  blocks_ = std::make_unique<core::BlockWriter>(fd_, file_bytes_, staged_);
-  blocks_->write(0, b.bytes.data(), b.bytes.size(), "the header");
-  // The zero padding after each tensor: every byte goes through the block writer, which writes
-  // a block once all of it has come.
-  const std::vector<uint8_t> zeros(kDefaultAlignment, 0);
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    const uint64_t end = data_start_ + tensors_[i].offset + tensors_[i].bytes;
-    const uint64_t next = i + 1 < tensors_.size() ? data_start_ + tensors_[i + 1].offset
-                                                  : file_bytes_;
-    if (next > end) blocks_->write(end, zeros.data(), next - end, "padding");
-  }
+  write_all(fd_, b.bytes.data(), b.bytes.size(), 0, staged_);
   begun_ = true;
 }
 
@@ -196,13 +197,11 @@ void GgufWriter::write(size_t tensor, uint64_t offset, const void* data, size_t 
   const Info& t = tensors_.at(tensor);
   AMALGAM_CHECK(offset + size <= t.bytes, "GGUF tensor '{}': write past its {} bytes", t.name,
                 t.bytes);
-  blocks_->write(data_start_ + t.offset + offset, static_cast<const uint8_t*>(data), size,
-                 fmt::format("tensor '{}'", t.name));
+  write_all(fd_, static_cast<const uint8_t*>(data), size, data_start_ + t.offset + offset, staged_);
 }
 
 void GgufWriter::commit() {
   AMALGAM_CHECK(begun_, "GGUF file committed before its header was written");
-  blocks_->check_complete();
   if (::fsync(fd_) != 0) fail("{}: fsync failed: {}", staged_.string(), std::strerror(errno));
   ::close(fd_);
   fd_ = -1;

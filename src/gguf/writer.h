@@ -6,11 +6,9 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include "core/block_writer.h"
 #include "gguf/format.h"
 #include "gguf/metadata.h"
 
@@ -48,7 +46,6 @@ class GgufWriter {
   std::filesystem::path staged_;
   bool force_;
   int fd_ = -1;
-  std::unique_ptr<core::BlockWriter> blocks_;  // every write after the header is sized
   Metadata metadata_;
   std::vector<Info> tensors_;
   uint64_t data_start_ = 0;

@@ -84,6 +84,7 @@ SafetensorsWriter::SafetensorsWriter(const fs::path& dir, std::vector<OutputTens
     shard.data_start = 8 + header_len;
     shard.fd = ::open(shard.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (shard.fd < 0) fail("{}: cannot create: {}", shard.path.string(), std::strerror(errno));
+    shards_.push_back(shard);
     uint64_t file_size = shard.data_start + offset;
     int rc = ::posix_fallocate(shard.fd, 0, static_cast<off_t>(file_size));
     if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
@@ -92,13 +93,13 @@ SafetensorsWriter::SafetensorsWriter(const fs::path& dir, std::vector<OutputTens
     if (rc != 0 && ::ftruncate(shard.fd, static_cast<off_t>(file_size)) != 0) {
       fail("{}: cannot size file: {}", shard.path.string(), std::strerror(errno));
     }
-    shard.blocks = std::make_unique<core::BlockWriter>(shard.fd, file_size, shard.path);
     std::string prefix(8, '\0');
     std::memcpy(prefix.data(), &header_len, 8);
     prefix += text;
-    shard.blocks->write(0, reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size(),
-                        "the header");
-    shards_.push_back(std::move(shard));
+    if (::pwrite(shard.fd, prefix.data(), prefix.size(), 0) !=
+        static_cast<ssize_t>(prefix.size())) {
+      fail("{}: cannot write header: {}", shard.path.string(), std::strerror(errno));
+    }
   }
 }
 
@@ -125,8 +126,19 @@ void SafetensorsWriter::write_range(size_t index, uint64_t offset, const uint8_t
     fail("internal: bytes [{}, {}) are outside tensor '{}' ({} bytes)", offset, offset + size,
          specs_[index].name, slot.end - slot.begin);
   }
-  shard.blocks->write(shard.data_start + slot.begin + offset, bytes, size,
-                      fmt::format("tensor '{}'", specs_[index].name));
+  uint64_t off = shard.data_start + slot.begin + offset;
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pwrite(shard.fd, bytes + done, size - done, static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("{}: writing tensor '{}' failed: {}", shard.path.string(), specs_[index].name,
+           std::strerror(errno));
+    }
+    if (n == 0)
+      fail("{}: writing tensor '{}' made no progress", shard.path.string(), specs_[index].name);
+    done += static_cast<size_t>(n);
+  }
   written_[index] += size;
   // Start writeback every 64 MB instead of leaving it all to the final fsync: the disk then
   // writes while the merge computes. (Asynchronous; a failure would surface at fsync.)
@@ -146,7 +158,6 @@ void SafetensorsWriter::finish() {
     }
   }
   for (auto& s : shards_) {
-    s.blocks->check_complete();
     if (::fsync(s.fd) != 0 || ::close(s.fd) != 0) {
       s.fd = -1;
       fail("{}: sync failed: {}", s.path.string(), std::strerror(errno));

@@ -1,7 +1,7 @@
 // Streaming safetensors writer. Every output tensor's name, dtype and shape is declared up front
 // (the merge plan knows them before any weight is read), so shard layout and headers are fixed
-// first; then tensors are written in any order, from any thread, to their offsets, gathered into
-// whole 2 MiB blocks (core/block_writer.h). Memory stays bounded by the tensors in flight. Shards roll over at max_shard_bytes,
+// first; then tensors are written in any order, from any thread, straight to their offsets with
+// pwrite. Memory stays bounded by the tensors in flight. Shards roll over at max_shard_bytes,
 // as mergekit does; names follow Hugging Face (model.safetensors or model-0000k-of-0000N...).
 #pragma once
 
@@ -13,7 +13,6 @@
 #include <string>
 #include <vector>
 
-#include "core/block_writer.h"
 #include "tensor/tensor.h"
 
 namespace amalgam::io {
@@ -51,7 +50,6 @@ class SafetensorsWriter {
     std::filesystem::path path;
     int fd = -1;
     uint64_t data_start = 0;
-    std::unique_ptr<core::BlockWriter> blocks;  // every write goes through it
   };
   struct Slot {
     size_t shard;

@@ -326,16 +326,12 @@ class Executor {
     for (const auto& e : plan_.entries) specs.push_back({e.name, e.out_dtype, e.shape});
     sink_.begin(specs);
 
-    // Tensors in the output's order, so that the writes fill the file front to back and its 2 MiB
-    // blocks complete as they go (core/block_writer.h), except that the largest (embeddings and
-    // output heads: at least half the size of the largest) go first, so that the last ones to
-    // finish are small and no thread idles long.
+    // Largest tensors first, so that the last ones to finish are small and no thread idles long.
     order_.resize(plan_.entries.size());
     for (size_t i = 0; i < order_.size(); ++i) order_[i] = i;
-    size_t largest = 0;
-    for (const auto& e : plan_.entries) largest = std::max(largest, numel_of(e.shape));
-    const auto large = [&](size_t i) { return 2 * numel_of(plan_.entries[i].shape) >= largest; };
-    std::stable_partition(order_.begin(), order_.end(), large);
+    std::stable_sort(order_.begin(), order_.end(), [&](size_t a, size_t b) {
+      return numel_of(plan_.entries[a].shape) > numel_of(plan_.entries[b].shape);
+    });
 
     unsigned threads = options_.threads ? options_.threads : std::thread::hardware_concurrency();
     threads = std::max(1u, std::min<unsigned>(threads, static_cast<unsigned>(order_.size())));
