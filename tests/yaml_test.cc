@@ -53,7 +53,7 @@ TEST(Yaml, RefusesMalformedTextWithItsPosition) {
 
 TEST(Yaml, RefusesTextThatIsNotUtf8) {
   for (const std::string& text : {std::string("\0\0\0,z", 5), std::string("a: 1\nb: \x1b[0m\n"),
-                                 std::string("a: caf\xe9\n")}) {
+                                  std::string("a: caf\xe9\n")}) {
     const std::string message = refusal(text);
     EXPECT_EQ(message.rfind("r.yaml:", 0), 0u) << message;
     EXPECT_NE(message.find("malformed YAML"), std::string::npos) << message;
@@ -87,7 +87,8 @@ TEST(Yaml, ReadsScalarsWithTheirTypingAndPosition) {
 
 TEST(Yaml, ReadsCollectionsDocumentsAndBlockScalars) {
   const auto docs = yaml::load_all(
-      "\xEF\xBB\xBF" "---\nm: [1, {k: v}]\nt: |\n  'x', y\n  , z\n...\n---\n- a\r\n- b\r\n",
+      "\xEF\xBB\xBF"
+      "---\nm: [1, {k: v}]\nt: |\n  'x', y\n  , z\n...\n---\n- a\r\n- b\r\n",
       "r.yaml");
   ASSERT_EQ(docs.size(), 2u);
   EXPECT_EQ(docs[0]["m"].size(), 2u);
@@ -110,8 +111,7 @@ TEST(Yaml, AliasesShareTheirNodeAndMergeKeysApply) {
   EXPECT_EQ(m["w"].scalar(), "5");
   EXPECT_EQ(m["x"].scalar(), "2");
   EXPECT_EQ(m["y"].scalar(), "4");
-  EXPECT_NE(refusal("a: *x\n").find("r.yaml:1:4: alias *x refers to no anchor"),
-            std::string::npos);
+  EXPECT_NE(refusal("a: *x\n").find("r.yaml:1:4: alias *x refers to no anchor"), std::string::npos);
   EXPECT_NE(refusal("a: &x [*x]\n").find("alias *x"), std::string::npos);  // no cycles
   EXPECT_NE(refusal("a: {<<: 1}\n").find("merge key"), std::string::npos);
 }

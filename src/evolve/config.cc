@@ -37,9 +37,7 @@ class Reader {
  public:
   explicit Reader(std::string where) : where_(std::move(where)) {}
 
-  Location at(const yaml::Node& n) const {
-    return {n.line(), n.column()};
-  }
+  Location at(const yaml::Node& n) const { return {n.line(), n.column()}; }
 
   void keys(const yaml::Node& map, const std::vector<std::string>& known,
             const std::string& what) const {
@@ -221,7 +219,8 @@ EvolveConfig parse_config(const std::string& yaml_text, const fs::path& source) 
     if (!root["baselines"].is_sequence()) {
       fail_at(where, r.at(root["baselines"]), "'baselines' must be a list of checkpoints");
     }
-    for (const auto& b : root["baselines"].items()) c.baselines.push_back(r.path(b, "baselines", dir));
+    for (const auto& b : root["baselines"].items())
+      c.baselines.push_back(r.path(b, "baselines", dir));
   }
   if (root["budget"]) {
     r.keys(root["budget"], {"evaluations", "minutes"}, "budget");

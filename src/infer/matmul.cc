@@ -74,11 +74,11 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
   // BF16 weights take the rounded x as BF16 bit patterns, through the CPU's BF16 dot products.
   const GemvBF16Dot bf16_dot = gemv_bf16_dot_kernel();
   const auto dot_products = [&](const WeightMatrix& w) {
-    return bf16_dot != nullptr && bf16_operands(w) && !w.quant &&
-           w.dtype == tensor::DType::kBF16;
+    return bf16_dot != nullptr && bf16_operands(w) && !w.quant && w.dtype == tensor::DType::kBF16;
   };
   std::vector<uint16_t> x_bf16;
-  if (std::any_of(jobs.begin(), jobs.end(), [&](const MatmulJob& j) { return dot_products(j.w); })) {
+  if (std::any_of(jobs.begin(), jobs.end(),
+                  [&](const MatmulJob& j) { return dot_products(j.w); })) {
     x_bf16.resize(x_rounded.size());
     for (size_t i = 0; i < x_rounded.size(); ++i) x_bf16[i] = core::f32_to_bf16(x_rounded[i]);
   }
@@ -107,8 +107,8 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
       const QuantizedActivations& xq = activation_block(*w.quant) == 32 ? x_q32 : x_q256;
       QuantRow x_rows[kGemvMaxRows];
       for (int64_t i = 0; i < n; ++i) x_rows[i] = xq.row(i);
-      best_quant_dot().gemv(*w.quant, w.data + static_cast<size_t>(ch.r0) * w.row_bytes(),
-                            ch.rows, cols, x_rows, static_cast<int>(n), y + ch.r0, w.rows);
+      best_quant_dot().gemv(*w.quant, w.data + static_cast<size_t>(ch.r0) * w.row_bytes(), ch.rows,
+                            cols, x_rows, static_cast<int>(n), y + ch.r0, w.rows);
       return;
     }
     if (w.quant) {
@@ -136,8 +136,7 @@ void gemv_path(std::span<const MatmulJob> jobs, const float* x_in, int64_t n, in
         bf16_dot(wb, ch.rows, cols, x_bf16.data() + i * cols, nx, cols, y + i * w.rows + ch.r0,
                  w.rows);
       } else {
-        k.gemv(w.dtype, wb, ch.rows, cols, x + i * cols, nx, cols, y + i * w.rows + ch.r0,
-               w.rows);
+        k.gemv(w.dtype, wb, ch.rows, cols, x + i * cols, nx, cols, y + i * w.rows + ch.r0, w.rows);
       }
     }
   };

@@ -1,17 +1,15 @@
 #include "recipe/stages.h"
 
-#include "core/yaml.h"
-
 #include <algorithm>
 #include <functional>
 #include <map>
 #include <optional>
 
 #include "core/error.h"
-#include "core/yaml.h"
 #include "core/fs.h"
 #include "core/log.h"
 #include "core/sha256.h"
+#include "core/yaml.h"
 
 namespace amalgam::recipe {
 

@@ -47,9 +47,7 @@ std::optional<bool> as_bool(const yaml::Node& node) {
 
 }  // namespace
 
-Location YamlReader::location(const yaml::Node& node) {
-  return {node.line(), node.column()};
-}
+Location YamlReader::location(const yaml::Node& node) { return {node.line(), node.column()}; }
 
 std::vector<YamlReader::Entry> YamlReader::entries(const yaml::Node& map,
                                                    const std::string& path) const {
