@@ -28,7 +28,7 @@ struct Parser {
   yaml_parser_t parser;
   yaml_event_t event;
   bool have_event = false;
-  Parser(const std::string& text) {
+  explicit Parser(const std::string& text) {
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()),
                                  text.size());
