@@ -1,12 +1,12 @@
 #include "evolve/config.h"
 
 #include <algorithm>
-#include <set>
 
 #include "core/fs.h"
 #include "core/yaml.h"
 #include "merge/method.h"
 #include "recipe/diagnostics.h"
+#include "recipe/yaml_reader.h"
 
 namespace amalgam::evolve {
 
@@ -41,15 +41,12 @@ class Reader {
 
   void keys(const yaml::Node& map, const std::vector<std::string>& known,
             const std::string& what) const {
-    if (!map.is_map()) fail_at(where_, at(map), "{} must be a mapping of keys to values", what);
-    std::set<std::string> seen;
-    for (const auto& [k, v] : map.pairs()) {
-      const std::string& key = k.scalar();
-      if (std::find(known.begin(), known.end(), key) == known.end()) {
-        fail_at(where_, at(k), "unknown key '{}' in {}{} (known: {})", key, what,
-                did_you_mean(key, known), recipe::join(known));
+    // Mapping, plain keys, none twice: the recipe reader's checks.
+    for (const auto& e : recipe::YamlReader(where_).entries(map, what)) {
+      if (std::find(known.begin(), known.end(), e.key) == known.end()) {
+        fail_at(where_, e.at, "unknown key '{}' in {}{} (known: {})", e.key, what,
+                did_you_mean(e.key, known), recipe::join(known));
       }
-      if (!seen.insert(key).second) fail_at(where_, at(k), "key '{}' is given twice", key);
     }
   }
 
