@@ -9,18 +9,14 @@
 // quantised weights, a run with fp32 products, side by side.
 // `--kv-cache f32,bf16` runs each model once per KV-cache type; `--context N` decodes after a
 // prompt of N tokens (prefilled untimed), where attention reads N cache entries per token.
+// Each decode run sits between two bandwidth measurements, and is also reported as a fraction
+// of its own bound (the machine's bandwidth moves by up to 2x within minutes).
 //
 //   bench_infer [--threads 2] [--dtype f32|bf16|all] [--model PATH]... [--fp32-products]
-//               [--prefill 512] [--decode 128] [--in-memory] [--kv-cache f32,bf16,f16]
-//               [--context 0]
-
-// GCC 12 reports its own intrinsic headers' "undefined register" idiom as uninitialised use.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+//               [--prefill 512] [--decode 128] [--decode-runs 2] [--in-memory]
+//               [--kv-cache f32,bf16,f16] [--context 0]
 
 #include <fmt/format.h>
-#include <immintrin.h>
-#include <sys/mman.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -29,7 +25,6 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "core/fs.h"
@@ -37,6 +32,7 @@
 #include "infer/matmul.h"
 #include "infer/model.h"
 #include "io/safetensors_writer.h"
+#include "memory_bandwidth.h"
 
 namespace fs = std::filesystem;
 using namespace amalgam;
@@ -108,74 +104,27 @@ void write_checkpoint(const fs::path& dir, tensor::DType dtype) {
   fs::rename(staging, dir);
 }
 
-// Best-of-5 read bandwidth (GB/s) of `bytes` bytes at `p` with `threads` threads: each thread
-// sums its contiguous share into 128 independent lanes (8 vector accumulators, no dependency
-// stalls).
-double read_bandwidth(const uint8_t* p, size_t bytes, int threads) {
-  const float* f = reinterpret_cast<const float*>(p);
-  const size_t blocks = bytes / sizeof(float) / 128;
-  double best = 0;
-  std::vector<float> sums(static_cast<size_t>(threads));
-  for (int rep = 0; rep < 5; ++rep) {
-    auto sum = [&](int t) {
-      const size_t begin = blocks * t / threads, end = blocks * (t + 1) / threads;
-#ifdef __AVX512F__
-      __m512 acc[8];
-      for (auto& a : acc) a = _mm512_setzero_ps();
-      for (size_t block = begin; block < end; ++block) {
-        const float* q = f + block * 128;
-        for (int k = 0; k < 8; ++k) acc[k] = _mm512_add_ps(acc[k], _mm512_loadu_ps(q + 16 * k));
-      }
-      for (int k = 1; k < 8; ++k) acc[0] = _mm512_add_ps(acc[0], acc[k]);
-      sums[t] = _mm512_reduce_add_ps(acc[0]);
-#else
-      float acc[128] = {};
-      for (size_t block = begin; block < end; ++block) {
-        const float* q = f + block * 128;
-        for (int i = 0; i < 128; ++i) acc[i] += q[i];
-      }
-      sums[t] = 0;
-      for (float a : acc) sums[t] += a;
-#endif
-    };
-    const double t0 = now();
-    std::vector<std::thread> workers;
-    for (int t = 1; t < threads; ++t) workers.emplace_back(sum, t);
-    sum(0);
-    for (auto& w : workers) w.join();
-    best = std::max(best, static_cast<double>(bytes) / (now() - t0) / 1e9);
-  }
-  return best;
-}
-
-// Read bandwidth of a 1 GiB anonymous buffer on transparent huge pages: the best case of
-// streaming memory (page-cache mappings of a checkpoint use 4 KiB pages).
-double huge_page_bandwidth(int threads) {
-  const size_t bytes = size_t{1} << 30;
-  void* buffer = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (buffer == MAP_FAILED) return 0.0;
-  madvise(buffer, bytes, MADV_HUGEPAGE);
-  std::memset(buffer, 1, bytes);
-  const double bw = read_bandwidth(static_cast<const uint8_t*>(buffer), bytes, threads);
-  munmap(buffer, bytes);
-  return bw;
-}
-
 struct Result {
   std::string dtype;
   double prefill = 0, decode = 0;
+  // The best over the decode runs of tok/s divided by that run's bandwidth bound (weight bytes
+  // per token over the higher of the bandwidths measured just before and just after the run).
+  double decode_of_bound = 0;
   uint64_t bytes_per_token = 0;
   size_t cache_bytes = 0;  // KV cache after the decode run
 };
 
 Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens,
            int64_t decode_tokens, bool in_memory, bool reduced_precision, infer::KVType kv_type,
-           int64_t context) {
+           int64_t context, int decode_runs, const bench::HugePageBandwidth& bandwidth) {
   infer::set_reduced_precision_products(reduced_precision);
   infer::set_default_kv_type(kv_type);
   infer::LoadOptions lo;
   lo.in_memory = in_memory;
+  const double load_start = now();
   auto model = infer::load_model(dir, lo);
+  const double load_seconds = now() - load_start;
+  fmt::print(stderr, "  {} load: {:.2f} s\n", label, load_seconds);
   Result r;
   r.dtype = label;
   r.bytes_per_token = model->weight_bytes_per_token();
@@ -199,10 +148,11 @@ Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens
     for (const auto& [stage, sec] : stages.seconds) fmt::print(stderr, " {} {:.2f}s", stage, sec);
     fmt::print(stderr, ")\n");
   }
-  // Decode after `context` prompt tokens (prefilled untimed), one token per forward, best of two.
+  // Decode after `context` prompt tokens (prefilled untimed), one token per forward, best of
+  // `decode_runs`, each between two bandwidth measurements.
   std::vector<int32_t> context_ids(static_cast<size_t>(context));
   for (auto& t : context_ids) t = token(rng);
-  for (int rep = 0; rep < 2; ++rep) {
+  for (int rep = 0; rep < decode_runs; ++rep) {
     infer::KVCache cache = model->new_cache();
     if (context > 0) {
       infer::Batch batch;
@@ -211,6 +161,7 @@ Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens
     }
     infer::StageTimes stages;
     int32_t next = 1;
+    const double bw_before = bandwidth.measure();
     const double t0 = now();
     for (int64_t i = 0; i < decode_tokens; ++i) {
       infer::Batch b;
@@ -222,9 +173,13 @@ Result run(const fs::path& dir, const std::string& label, int64_t prefill_tokens
       (void)out;
     }
     const double tps = static_cast<double>(decode_tokens) / (now() - t0);
+    const double bw = std::max(bw_before, bandwidth.measure());
+    const double of_bound = tps * static_cast<double>(r.bytes_per_token) / (bw * 1e9);
     r.decode = std::max(r.decode, tps);
+    r.decode_of_bound = std::max(r.decode_of_bound, of_bound);
     r.cache_bytes = cache.bytes();
-    fmt::print(stderr, "  {} decode run {}: {:.2f} tok/s (", label, rep, tps);
+    fmt::print(stderr, "  {} decode run {}: {:.2f} tok/s, {:.2f} of the bound at {:.1f} GB/s (",
+               label, rep, tps, of_bound, bw);
     for (const auto& [stage, sec] : stages.seconds) fmt::print(stderr, " {} {:.2f}s", stage, sec);
     fmt::print(stderr, ")\n");
   }
@@ -259,6 +214,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   int64_t context = 0;
   app.add_option("--context", context, "Prompt tokens in the cache before decoding");
+  int decode_runs = 2;
+  app.add_option("--decode-runs", decode_runs, "Decode runs per model (the best is reported)")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   infer::set_num_threads(threads);
   struct Run {
@@ -295,33 +253,36 @@ int main(int argc, char** argv) {
   }
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
-  const double before = huge_page_bandwidth(threads);
+  const bench::HugePageBandwidth bandwidth(threads);
+  const double before = bandwidth.measure();
   fmt::print(stderr, "read bandwidth {:.1f} GB/s, load average {:.2f}\n", before, load[0]);
   std::vector<Result> results;
   for (const Run& r : runs) {
     results.push_back(
-        run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision, r.kv_type, context));
+        run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision, r.kv_type, context,
+            decode_runs, bandwidth));
   }
-  const double after = huge_page_bandwidth(threads);
+  const double after = bandwidth.measure();
   double load_after[3] = {0, 0, 0};
   getloadavg(load_after, 3);
   // Other processes only lower a measurement: the bound uses the higher of the two.
-  const double bandwidth = std::max(before, after);
+  const double best_bandwidth = std::max(before, after);
   fmt::print(
       "threads {}, weights {}, read bandwidth {:.1f} GB/s (best of before/after: {:.1f}, "
       "{:.1f}), load average {:.2f} before, {:.2f} after\n",
-      threads, in_memory ? "copied into huge-page memory" : "memory-mapped", bandwidth, before,
+      threads, in_memory ? "copied into huge-page memory" : "memory-mapped", best_bandwidth, before,
       after, load[0], load_after[0]);
   const std::string after_context = context > 0 ? fmt::format(" after {}", context) : "";
   fmt::print(
       "| dtype | prefill {} tok/s | decode {}{} tok/s | weights/token | bandwidth bound tok/s | "
-      "KV cache |\n",
+      "decode / bound, per run | KV cache |\n",
       prefill, decode, after_context);
-  fmt::print("|---|---|---|---|---|---|\n");
+  fmt::print("|---|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
-    fmt::print("| {} | {:.1f} | {:.2f} | {:.2f} GB | {:.2f} | {:.1f} MB |\n", r.dtype, r.prefill,
-               r.decode, r.bytes_per_token / 1e9,
-               bandwidth * 1e9 / static_cast<double>(r.bytes_per_token), r.cache_bytes / 1e6);
+    fmt::print("| {} | {:.1f} | {:.2f} | {:.2f} GB | {:.2f} | {:.2f} | {:.1f} MB |\n", r.dtype,
+               r.prefill, r.decode, r.bytes_per_token / 1e9,
+               best_bandwidth * 1e9 / static_cast<double>(r.bytes_per_token), r.decode_of_bound,
+               r.cache_bytes / 1e6);
   }
   return 0;
 }

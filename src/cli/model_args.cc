@@ -8,9 +8,9 @@ namespace amalgam::cli {
 
 namespace fs = std::filesystem;
 
-LoadedModel open_model(const std::string& path, bool tokenizer) {
+LoadedModel open_model(const std::string& path, bool tokenizer, bool in_memory) {
   // A loader of its own: the model keeps its mapping or RAM copy alive after the loader is gone.
-  eval::ModelLoader loader;
+  eval::ModelLoader loader(0, in_memory);
   return loader.load(path,
                      tokenizer ? eval::TokenizerNeed::kRequired : eval::TokenizerNeed::kIfPresent);
 }

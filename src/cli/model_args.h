@@ -16,8 +16,9 @@ namespace amalgam::cli {
 using LoadedModel = eval::LoadedModel;
 
 // Opens a model directory or file, a .gguf file, BASE+LORA or a recipe merged in memory; its
-// tokenizer is required when `tokenizer` is true, else loaded when the model has one.
-LoadedModel open_model(const std::string& path, bool tokenizer);
+// tokenizer is required when `tokenizer` is true, else loaded when the model has one. in_memory:
+// the weights of a model file are copied into memory instead of run from its mapping.
+LoadedModel open_model(const std::string& path, bool tokenizer, bool in_memory = false);
 
 // "1,2,3" -> {1, 2, 3}; the error names the bad item.
 std::vector<int32_t> parse_id_list(const std::string& text);

@@ -79,8 +79,10 @@ LoadedModel ModelLoader::load(const fs::path& model_or_recipe, TokenizerNeed nee
   }
   infer::WeightMap weights = infer::checkpoint_weights(*checkpoint);
   if (infer::check_finite_on_load()) infer::check_finite_weights(weights, name);
+  std::shared_ptr<const void> storage = checkpoint;
+  if (weights_in_memory_) weights = infer::copy_weights_into_memory(weights, nullptr, &storage);
   try {
-    out.model = std::make_unique<infer::Model>(std::move(config), std::move(weights), checkpoint);
+    out.model = std::make_unique<infer::Model>(std::move(config), std::move(weights), storage);
   } catch (const Error& e) {
     fail("{}: {}", name, e.what());
   }
@@ -107,6 +109,9 @@ LoadedModel ModelLoader::load_gguf(const fs::path& path, TokenizerNeed need) {
   if (infer::check_finite_on_load()) {
     infer::check_finite_weights(weights, name);
     infer::check_finite_quantized(g.quantized, name);
+  }
+  if (weights_in_memory_) {
+    weights = infer::copy_weights_into_memory(weights, &g.quantized, &g.storage);
   }
   try {
     out.model = std::make_unique<infer::Model>(std::move(g.config), std::move(weights), g.storage,

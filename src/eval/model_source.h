@@ -40,8 +40,11 @@ enum class TokenizerNeed {
 
 class ModelLoader {
  public:
-  // threads: merge worker threads (0: one per core).
-  explicit ModelLoader(unsigned threads = 0) : threads_(threads) {}
+  // threads: merge worker threads (0: one per core). weights_in_memory: models read from files
+  // run on copies of their weights in the process's own memory (infer::LoadOptions::in_memory)
+  // instead of the files' mappings.
+  explicit ModelLoader(unsigned threads = 0, bool weights_in_memory = false)
+      : threads_(threads), weights_in_memory_(weights_in_memory) {}
 
   // A model directory, a .safetensors/.bin file, a .gguf file, BASE+LORA, or a recipe file
   // (.yaml / .yml) merged in memory.
@@ -58,6 +61,7 @@ class ModelLoader {
   const tokenizer::Tokenizer& tokenizer_of(const std::filesystem::path& model_dir);
 
   unsigned threads_;
+  bool weights_in_memory_;
   merge::InputSet inputs_;
   std::map<std::filesystem::path, tokenizer::Tokenizer> tokenizers_;
 };

@@ -90,23 +90,41 @@ class WeightArena {
   uint8_t* data_ = nullptr;
 };
 
-WeightMap copy_into_arena(const WeightMap& views, std::shared_ptr<WeightArena>& arena) {
-  constexpr size_t kAlign = 64;
-  size_t total = 0;
-  for (const auto& [name, v] : views) total += (v.nbytes() + kAlign - 1) / kAlign * kAlign;
-  arena = std::make_shared<WeightArena>(total);
-  WeightMap out;
-  size_t offset = 0;
-  for (const auto& [name, v] : views) {
-    uint8_t* dst = arena->data() + offset;
-    std::memcpy(dst, v.data, v.nbytes());
-    out.emplace(name, tensor::TensorView{v.dtype, v.shape, dst});
-    offset += (v.nbytes() + kAlign - 1) / kAlign * kAlign;
-  }
-  return out;
+constexpr size_t kArenaAlign = 64;
+
+size_t aligned_size(size_t bytes) { return (bytes + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
+
+size_t quantized_bytes(const gguf::QuantizedMatrix& q) {
+  return static_cast<size_t>(q.rows) * static_cast<size_t>(gguf::row_bytes(q.type, q.cols));
 }
 
 }  // namespace
+
+WeightMap copy_weights_into_memory(const WeightMap& views, QuantizedMap* quantized,
+                                   std::shared_ptr<const void>* storage) {
+  size_t total = 0;
+  for (const auto& [name, v] : views) total += aligned_size(v.nbytes());
+  if (quantized != nullptr) {
+    for (const auto& [name, q] : *quantized) total += aligned_size(quantized_bytes(q));
+  }
+  auto arena = std::make_shared<WeightArena>(total);
+  size_t offset = 0;
+  auto copy = [&](const uint8_t* src, size_t bytes) {
+    uint8_t* dst = arena->data() + offset;
+    std::memcpy(dst, src, bytes);
+    offset += aligned_size(bytes);
+    return dst;
+  };
+  WeightMap out;
+  for (const auto& [name, v] : views) {
+    out.emplace(name, tensor::TensorView{v.dtype, v.shape, copy(v.data, v.nbytes())});
+  }
+  if (quantized != nullptr) {
+    for (auto& [name, q] : *quantized) q.data = copy(q.data, quantized_bytes(q));
+  }
+  *storage = arena;
+  return out;
+}
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadOptions& options) {
   if (std::filesystem::is_regular_file(path) && gguf::is_gguf_file(path)) {
@@ -118,6 +136,8 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadO
       check_finite_weights(weights, path.string());
       check_finite_quantized(g.quantized, path.string());
     }
+    // The file's mapping (and any converted tensors) is released once the copies are made.
+    if (options.in_memory) weights = copy_weights_into_memory(weights, &g.quantized, &g.storage);
     try {
       return std::make_unique<Model>(std::move(g.config), std::move(weights), g.storage,
                                      std::move(g.quantized));
@@ -130,11 +150,8 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& path, const LoadO
   WeightMap weights = checkpoint_weights(*checkpoint);
   if (check_finite_on_load()) check_finite_weights(weights, path.string());
   std::shared_ptr<const void> keepalive = checkpoint;
-  if (options.in_memory) {
-    std::shared_ptr<WeightArena> arena;
-    weights = copy_into_arena(weights, arena);
-    keepalive = arena;  // the checkpoint's mapping is released on return
-  }
+  // The checkpoint's mapping is released on return when the weights are copied.
+  if (options.in_memory) weights = copy_weights_into_memory(weights, nullptr, &keepalive);
   try {
     return std::make_unique<Model>(std::move(config), std::move(weights), keepalive);
   } catch (const Error& e) {

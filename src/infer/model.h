@@ -115,16 +115,22 @@ class Model {
 
 // Weight views of every tensor of a checkpoint (zero-copy into its mmapped files).
 WeightMap checkpoint_weights(const io::Checkpoint& checkpoint);
+// Copies of `views` and of `quantized`'s matrices (rewritten in place to point at their copies),
+// in their stored types, in anonymous memory on transparent huge pages where the kernel allows
+// it, each on a 64-byte boundary; *storage is set to the memory that holds them.
+WeightMap copy_weights_into_memory(const WeightMap& views, QuantizedMap* quantized,
+                                   std::shared_ptr<const void>* storage);
+
 struct LoadOptions {
   // false: weights are read from the memory-mapped files (zero copy, pages shared with the page
-  // cache). true: weights are copied once, in their stored dtype, into anonymous memory backed
-  // by transparent huge pages where the kernel allows it; decoding streams the weights faster
-  // (fewer TLB misses) at the cost of a private copy (as llama.cpp's --no-mmap).
+  // cache). true: weights are copied once into memory of the process's own
+  // (copy_weights_into_memory), at the cost of a private copy and a slower load, as llama.cpp's
+  // --no-mmap; decoding streams them faster and more steadily (docs/performance.md).
   bool in_memory = false;
 };
 
-// Opens a model directory (config.json + safetensors); the model keeps the checkpoint mapped
-// (or its in-memory copy) alive.
+// Opens a model directory (config.json + safetensors) or a GGUF file; the model keeps the
+// checkpoint mapped (or its in-memory copy) alive.
 std::unique_ptr<Model> load_model(const std::filesystem::path& path,
                                   const LoadOptions& options = {});
 
