@@ -78,9 +78,8 @@ int main(int argc, char** argv) {
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         best = std::max(best, static_cast<double>(rows * row_bytes) / s / 1e9);
       }
-      const double read =
-          bench::read_bandwidth(buffer.data() + offset, static_cast<size_t>(rows * row_bytes),
-                                threads, reps);
+      const double read = bench::read_bandwidth(
+          buffer.data() + offset, static_cast<size_t>(rows * row_bytes), threads, reps);
       fmt::print("| {} | +{} B | {:.1f} | {:.1f} | {:.2f} |\n", c.name, offset, best, read,
                  best / read);
     }

@@ -258,9 +258,8 @@ int main(int argc, char** argv) {
   fmt::print(stderr, "read bandwidth {:.1f} GB/s, load average {:.2f}\n", before, load[0]);
   std::vector<Result> results;
   for (const Run& r : runs) {
-    results.push_back(
-        run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision, r.kv_type, context,
-            decode_runs, bandwidth));
+    results.push_back(run(r.path, r.label, prefill, decode, in_memory, r.reduced_precision,
+                          r.kv_type, context, decode_runs, bandwidth));
   }
   const double after = bandwidth.measure();
   double load_after[3] = {0, 0, 0};

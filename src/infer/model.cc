@@ -37,11 +37,10 @@ int64_t Model::context_length() const {
 }
 
 std::string Model::context_description() const {
-  return fmt::format("{} positions (config.json max_position_embeddings, rope {}{})",
-                     context_length(), config_.rope.type,
-                     config_.rope.type == "default"
-                         ? "; a longer context needs rope scaling in config.json"
-                         : "");
+  return fmt::format(
+      "{} positions (config.json max_position_embeddings, rope {}{})", context_length(),
+      config_.rope.type,
+      config_.rope.type == "default" ? "; a longer context needs rope scaling in config.json" : "");
 }
 
 uint64_t Model::weight_bytes_per_token() const {
