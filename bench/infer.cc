@@ -274,7 +274,7 @@ int main(int argc, char** argv) {
   const std::string after_context = context > 0 ? fmt::format(" after {}", context) : "";
   fmt::print(
       "| dtype | prefill {} tok/s | decode {}{} tok/s | weights/token | bandwidth bound tok/s | "
-      "decode / bound, per run | KV cache |\n",
+      "decode / bound beside the run (best) | KV cache |\n",
       prefill, decode, after_context);
   fmt::print("|---|---|---|---|---|---|---|\n");
   for (const Result& r : results) {
