@@ -19,13 +19,12 @@ namespace amalgam {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::q;
 using testing::read_file;
 using testing::run_amalgam;
 using testing::TempDir;
 using testing::write_file;
 using testing::zoo;
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 bool hidden_leftovers(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) {

@@ -13,17 +13,10 @@
 namespace amalgam {
 namespace {
 
+using testing::q;
 using testing::run_amalgam;
 using testing::TempDir;
 using testing::zoo;
-
-// Single-quoted for the shell.
-std::string q(const std::filesystem::path& p) {
-  std::string s(1, '\'');
-  s.append(p.string());
-  s.push_back('\'');
-  return s;
-}
 
 TEST(LogitsCommand, WritesLogitsAndDumpsMatchingTheApi) {
   TempDir dir;

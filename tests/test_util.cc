@@ -31,6 +31,14 @@ TempDir::~TempDir() {
   fs::remove_all(path_, ec);
 }
 
+std::string q(const std::filesystem::path& p) {
+  // Appended piece by piece: GCC 12 reports "'" + text + "'" as an overlapping copy (-Wrestrict).
+  std::string s(1, '\'');
+  s.append(p.string());
+  s.push_back('\'');
+  return s;
+}
+
 CommandResult run_amalgam(const std::string& args) { return run_amalgam_with_prefix("", args); }
 
 CommandResult run_amalgam_with_prefix(const std::string& prefix, const std::string& args) {

@@ -30,6 +30,8 @@ struct CommandResult {
   int exit_code;
   std::string output;  // stdout and stderr together
 };
+// `p` in single quotes, for a shell command line.
+std::string q(const std::filesystem::path& p);
 // Runs the amalgam binary with the given argument string (shell syntax).
 CommandResult run_amalgam(const std::string& args);
 // The same after shell commands `prefix` (e.g. "ulimit -f 0;").

@@ -18,11 +18,10 @@ namespace amalgam {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::q;
 using testing::run_amalgam;
 using testing::TempDir;
 using testing::zoo;
-
-std::string q(const fs::path& p) { return fmt::format("'{}'", p.string()); }
 
 bool have_python() {
   static const bool found = std::system("command -v python3 >/dev/null 2>&1") == 0;
