@@ -35,6 +35,23 @@ void fsync_path(const fs::path& path) {
   if (rc != 0) fail("{}: fsync failed: {}", path.string(), std::strerror(e));
 }
 
+void pwrite_all(int fd, const void* data, size_t size, uint64_t offset, const fs::path& path,
+                std::string_view tensor) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd, p, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = n < 0 ? std::strerror(errno) : "no progress";
+      if (tensor.empty()) fail("{}: write failed: {}", path.string(), why);
+      fail("{}: writing tensor '{}' failed: {}", path.string(), tensor, why);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
 void write_text_file(const fs::path& path, const std::string& text) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("{}: cannot create: {}", path.string(), std::strerror(errno));

@@ -2,8 +2,11 @@
 // renamed into place only when everything in it is complete and synced.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 namespace amalgam::core {
 
@@ -11,6 +14,11 @@ std::string read_text_file(const std::filesystem::path& path);
 // Writes a file, fsyncs it. Throws with the path on failure (e.g. a full disk).
 void write_text_file(const std::filesystem::path& path, const std::string& text);
 void fsync_path(const std::filesystem::path& path);
+// Writes all `size` bytes at `offset` of the open file `fd` (the file `path`), retrying short and
+// interrupted writes. Throws with the path, and the tensor when one is named, on failure (e.g.
+// "out/model.safetensors: writing tensor 'x' failed: No space left on device").
+void pwrite_all(int fd, const void* data, size_t size, uint64_t offset,
+                const std::filesystem::path& path, std::string_view tensor = {});
 // A result file written whole or not at all: the text goes to a hidden file beside `path`,
 // which is synced and renamed over `path`; on failure (a full disk) nothing is left and an
 // existing `path` is untouched.
@@ -41,7 +49,8 @@ class StagedDirectory {
   bool force_;
   bool committed_ = false;
   int lock_fd_ = -1;
-  int signal_slot_ = -1;  // removed by the SIGBUS handler if an input vanishes mid-write  // flock on the staging directory: held while this run owns it
+  int signal_slot_ = -1;  // removed by the SIGBUS handler if an input vanishes mid-write  // flock
+                          // on the staging directory: held while this run owns it
 };
 
 }  // namespace amalgam::core

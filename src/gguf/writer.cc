@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/fs.h"
 
 namespace amalgam::gguf {
 
@@ -85,17 +86,6 @@ class Buffer {
   }
   std::vector<uint8_t> bytes;
 };
-
-void write_all(int fd, const uint8_t* p, size_t n, uint64_t offset, const fs::path& path) {
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("{}: write failed: {}", path.string(), std::strerror(errno));
-    p += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-}
 
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -188,7 +178,7 @@ void GgufWriter::begin() {
   if (::ftruncate(fd_, static_cast<off_t>(file_bytes_)) != 0) {
     fail("{}: cannot size to {} bytes: {}", staged_.string(), file_bytes_, std::strerror(errno));
   }
-  write_all(fd_, b.bytes.data(), b.bytes.size(), 0, staged_);
+  core::pwrite_all(fd_, b.bytes.data(), b.bytes.size(), 0, staged_);
   begun_ = true;
 }
 
@@ -197,7 +187,7 @@ void GgufWriter::write(size_t tensor, uint64_t offset, const void* data, size_t 
   const Info& t = tensors_.at(tensor);
   AMALGAM_CHECK(offset + size <= t.bytes, "GGUF tensor '{}': write past its {} bytes", t.name,
                 t.bytes);
-  write_all(fd_, static_cast<const uint8_t*>(data), size, data_start_ + t.offset + offset, staged_);
+  core::pwrite_all(fd_, data, size, data_start_ + t.offset + offset, staged_, t.name);
 }
 
 void GgufWriter::commit() {

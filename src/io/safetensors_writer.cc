@@ -96,10 +96,7 @@ SafetensorsWriter::SafetensorsWriter(const fs::path& dir, std::vector<OutputTens
     std::string prefix(8, '\0');
     std::memcpy(prefix.data(), &header_len, 8);
     prefix += text;
-    if (::pwrite(shard.fd, prefix.data(), prefix.size(), 0) !=
-        static_cast<ssize_t>(prefix.size())) {
-      fail("{}: cannot write header: {}", shard.path.string(), std::strerror(errno));
-    }
+    core::pwrite_all(shard.fd, prefix.data(), prefix.size(), 0, shard.path);
   }
 }
 
@@ -126,19 +123,8 @@ void SafetensorsWriter::write_range(size_t index, uint64_t offset, const uint8_t
     fail("internal: bytes [{}, {}) are outside tensor '{}' ({} bytes)", offset, offset + size,
          specs_[index].name, slot.end - slot.begin);
   }
-  uint64_t off = shard.data_start + slot.begin + offset;
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = ::pwrite(shard.fd, bytes + done, size - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("{}: writing tensor '{}' failed: {}", shard.path.string(), specs_[index].name,
-           std::strerror(errno));
-    }
-    if (n == 0)
-      fail("{}: writing tensor '{}' made no progress", shard.path.string(), specs_[index].name);
-    done += static_cast<size_t>(n);
-  }
+  core::pwrite_all(shard.fd, bytes, size, shard.data_start + slot.begin + offset, shard.path,
+                   specs_[index].name);
   written_[index] += size;
   // Start writeback every 64 MB instead of leaving it all to the final fsync: the disk then
   // writes while the merge computes. (Asynchronous; a failure would surface at fsync.)
